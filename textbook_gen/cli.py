@@ -1,0 +1,203 @@
+"""The command line: parses options, calls the modules, and is the one place errors become exits.
+
+Every ``TextbookGenError`` is printed as one message on stderr with its exit code; set
+``TEXTBOOK_GEN_DEBUG=1`` or pass ``--debug`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from textbook_gen import __version__
+from textbook_gen.errors import SpecError, TextbookGenError
+
+app = typer.Typer(
+    name="textbook-gen",
+    help="Turn a YAML curriculum into a curated synthetic textbook corpus for training LMs.\n\n"
+    "Typical flow: validate -> plan (see requests and cost) -> run -> cat.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_debug = {"on": bool(os.environ.get("TEXTBOOK_GEN_DEBUG"))}
+
+SpecArg = Annotated[Path, typer.Argument(help="Curriculum YAML file.", show_default=False)]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Run directory [default: out/<name>].")
+]
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", "-n", min=1, help="Only the first N jobs (to try a spec).")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"textbook-gen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    if debug:
+        _debug["on"] = True
+
+
+def _load(path: Path):  # noqa: ANN202 - Curriculum, imported lazily
+    from textbook_gen.spec import load_curriculum
+
+    return load_curriculum(path)
+
+
+def _fail(e: TextbookGenError) -> typer.Exit:
+    if isinstance(e, SpecError):
+        for line in e.problems:
+            err.print(line, markup=False, highlight=False)
+        n = len(e.problems)
+        err.print(f"[red]{n} problem{'s' * (n != 1)} found.[/]")
+    else:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+    return typer.Exit(e.exit_code)
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Check a curriculum: every problem at once, with file, line and key."""
+    from textbook_gen.prompts import PromptRenderer
+    from textbook_gen.run import job_count
+
+    s = _load(spec)
+    problems = PromptRenderer(s).check()
+    if problems:
+        raise SpecError(problems)
+    out.print(f"[green]ok[/] {spec}: {s.name}, {job_count(s):,} jobs "
+              f"({len(s.subjects)} subjects, {sum(len(x.topics) for x in s.subjects)} topics, "
+              f"{len(s.documents)} document kinds)")
+
+
+@app.command()
+def plan(
+    spec: SpecArg,
+    show: Annotated[int, typer.Option(help="Print the first N rendered prompts.", min=0)] = 0,
+    limit: LimitOpt = None,
+    out_dir: OutOpt = None,
+    provider: Annotated[str | None, typer.Option(help="Override model.provider.")] = None,
+    model: Annotated[str | None, typer.Option(help="Override model.name.")] = None,
+) -> None:
+    """Show what a run would send and cost, before anything is spent."""
+    from textbook_gen.run import Overrides, apply_overrides
+    from textbook_gen.run import plan as make_plan
+    from textbook_gen.ui import money
+
+    s = apply_overrides(_load(spec), Overrides(provider=provider, model=model))
+    p = make_plan(s, limit=limit, show=show, out_dir=out_dir)
+    for job, prompt in p.examples:
+        out.rule(f"[bold]{job.id}")
+        out.print(prompt, markup=False, highlight=False)
+    t = Table(title=f"plan: {s.name} on {s.model.provider}/{s.model.name}", show_header=False)
+    t.add_row("jobs", f"{p.jobs:,}  ({', '.join(f'{k}: {v:,}' for k, v in p.by_kind.items())})")
+    t.add_row("already stored", f"{p.stored:,}  (not sent again)")
+    t.add_row("requests to send", f"{p.to_send:,}")
+    t.add_row("input tokens (est.)", f"{p.input_tokens:,}")
+    t.add_row("output tokens (max)", f"{p.max_output_tokens:,}")
+    t.add_row("cost if outputs use max_tokens", money(p.cost(1.0)))
+    t.add_row("cost if outputs use half", money(p.cost(0.5)))
+    if p.price is not None and p.price.input:
+        t.add_row("cost with batch API (max)", money((p.cost(1.0) or 0) / 2))
+    out.print(t)
+
+
+@app.command()
+def run(
+    spec: SpecArg,
+    out_dir: OutOpt = None,
+    limit: LimitOpt = None,
+    provider: Annotated[str | None, typer.Option(help="Override model.provider "
+                                                 "(local, openai, anthropic).")] = None,
+    model: Annotated[str | None, typer.Option(help="Override model.name.")] = None,
+    base_url: Annotated[list[str] | None, typer.Option(
+        help="OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama); repeat for replicas."
+    )] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j", min=1,
+                                                    help="Requests in flight.")] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        help="Stop before a request that could push this run's spend over USD.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(
+        help="Stop before a request that could push this run's tokens over N.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Generate the corpus: send what is not stored yet, curate, write shards. Resumable."""
+    from textbook_gen.run import Overrides, apply_overrides, run_curriculum
+    from textbook_gen.ui import RichProgress, money
+
+    s = apply_overrides(_load(spec), Overrides(
+        provider=provider, model=model, base_url=base_url or [], concurrency=concurrency,
+        max_cost_usd=max_cost, max_total_tokens=max_tokens))
+    progress = RichProgress(err, enabled=not quiet and err.is_terminal)
+    delay = float(os.environ.get("TEXTBOOK_GEN_RETRY_BASE_DELAY", "1.0"))
+    try:
+        result = run_curriculum(s, out_dir=out_dir, limit=limit, progress=progress,
+                                retry_base_delay=delay)
+    finally:
+        progress.close()
+    st = result.stats
+    err.print(
+        f"[green]done[/] {result.out_dir}: {result.records:,} records kept, "
+        f"{result.rejected:,} rejected · {st.succeeded - 0:,} new answers, {st.cached:,} from the "
+        f"store · {st.input_tokens + st.output_tokens:,} tokens · {money(st.cost_usd)} this run"
+    )
+    if result.failed:
+        err.print(f"[yellow]{len(result.failed)} jobs failed[/] (run again to retry them):")
+        for job_id, kind, message in result.failed[:10]:
+            err.print(f"  {job_id}: {kind}: {message}", markup=False, highlight=False)
+    out.print(str(result.out_dir))
+
+
+@app.command("cat")
+def cat_(
+    path: Annotated[Path, typer.Argument(help="Run directory, shard, or JSONL/Parquet file.")],
+    text: Annotated[bool, typer.Option("--text", help="Only the text, documents separated "
+                                       "by a blank line.")] = False,
+    rejects: Annotated[bool, typer.Option("--rejects", help="Show rejected records.")] = False,
+) -> None:
+    """Print records as JSONL (or just their text) for a training job or a pipe."""
+    from textbook_gen.shards import dumps, iter_records, shard_files
+
+    if rejects and path.is_dir():
+        sources = shard_files(path, "rejects")
+        stream = (r for f in sources for r in iter_records(f))
+    else:
+        stream = iter_records(path)
+    write = sys.stdout.write
+    try:
+        for record in stream:
+            write((record.get("text", "") + "\n\n") if text else dumps(record) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` closed the pipe: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def main() -> None:
+    try:
+        app()
+    except TextbookGenError as e:
+        if _debug["on"]:
+            raise
+        code = _fail(e).exit_code
+        sys.exit(code)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Curation: filters -> verify -> judge -> dedup -> decontaminate, on records from a run or any JSONL."""

@@ -1,0 +1,66 @@
+"""Exception tree for textbook-gen. The CLI turns any of these into one message and an exit code.
+
+    TextbookGenError                 exit 1 unless noted
+    ├── SpecError                    a curriculum file is invalid (exit 2); carries every problem
+    ├── TemplateProblem              a prompt template failed to load or render (exit 2)
+    ├── ConfigError                  missing API key, missing optional package, bad option (exit 2)
+    ├── ProviderError                an API call failed; ``retryable`` says whether trying again can help
+    │   └── FatalProviderError       auth / unknown model / bad request: stop the whole run (exit 3)
+    ├── BudgetExceeded               the next request would cross --max-cost / --max-tokens (exit 4)
+    └── Interrupted                  Ctrl-C: state is saved and the run can be resumed (exit 130)
+"""
+
+from __future__ import annotations
+
+
+class TextbookGenError(Exception):
+    exit_code = 1
+
+
+class SpecError(TextbookGenError):
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class TemplateProblem(TextbookGenError):
+    exit_code = 2
+
+
+class ConfigError(TextbookGenError):
+    exit_code = 2
+
+
+class ProviderError(TextbookGenError):
+    """A failed API call. ``retry_after`` is the server's hint in seconds, when it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        kind: str = "error",
+    ):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.kind = kind
+
+
+class FatalProviderError(ProviderError):
+    """Retrying cannot help and every other request would fail the same way (401, 403, 404)."""
+
+    exit_code = 3
+
+
+class BudgetExceeded(TextbookGenError):
+    exit_code = 4
+
+
+class Interrupted(TextbookGenError):
+    exit_code = 130

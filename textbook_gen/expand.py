@@ -1,0 +1,126 @@
+"""Spec -> Jobs: one job per document to generate; second stage of the flow.
+
+Pure and deterministic: the same spec and seed give the same jobs, ids and seeds on any
+machine (ids from names, seeds from sha256, word choice from ``random.Random(int)``).
+Jobs are yielded lazily so a 100,000-job curriculum never sits in memory at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from textbook_gen.spec import Curriculum, DocumentSpec, Subject, Topic, slugify
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One document to generate, with every coordinate its prompt may use."""
+
+    id: str
+    kind: str
+    template: str
+    subject: str
+    subject_description: str
+    topic: str
+    topic_notes: str
+    audience: str
+    style: str
+    sample: int
+    seed: int
+    seed_words: tuple[str, ...]
+    max_tokens: int
+    temperature: float
+
+
+@cache
+def _word_list() -> tuple[str, ...]:
+    text = resources.files("textbook_gen").joinpath("seedwords.txt").read_text("utf-8")
+    return tuple(text.split())
+
+
+def job_seed(curriculum_seed: int, job_id: str) -> int:
+    digest = hashlib.sha256(f"{curriculum_seed}:{job_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def count_jobs(spec: Curriculum) -> int:
+    """Number of jobs ``expand`` yields, computed without expanding."""
+    total = 0
+    topics = [t for s in spec.subjects for t in s.topics]
+    for doc in spec.documents:
+        if "topic" in doc.per:
+            per_place = sum(t.weight for t in topics)
+        else:
+            per_place = len(spec.subjects)
+        mult = 1
+        if "audience" in doc.per:
+            mult *= len(spec.audiences)
+        if "style" in doc.per:
+            mult *= len(spec.styles)
+        total += per_place * mult * doc.samples
+    return total
+
+
+def expand(spec: Curriculum) -> Iterator[Job]:
+    """Yield every job, documents entry by entry, in a stable order."""
+    for doc in spec.documents:
+        yield from _expand_document(spec, doc)
+
+
+def _expand_document(spec: Curriculum, doc: DocumentSpec) -> Iterator[Job]:
+    audiences = list(enumerate(spec.audiences)) if "audience" in doc.per else [(None, None)]
+    styles = list(enumerate(spec.styles)) if "style" in doc.per else [(None, None)]
+    for subject in spec.subjects:
+        places: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
+        for topic in places:
+            samples = doc.samples * (topic.weight if topic else 1)
+            for (ai, audience), (si, style), n in itertools.product(
+                audiences, styles, range(samples)
+            ):
+                yield _make_job(spec, doc, subject, topic, ai, audience, si, style, n)
+
+
+def _make_job(
+    spec: Curriculum,
+    doc: DocumentSpec,
+    subject: Subject,
+    topic: Topic | None,
+    ai: int | None,
+    audience: str | None,
+    si: int | None,
+    style: str | None,
+    n: int,
+) -> Job:
+    place = slugify(subject.name) + (f"/{slugify(topic.name)}" if topic else "")
+    coords = [f"a{ai}" if ai is not None else "", f"s{si}" if si is not None else "", f"n{n}"]
+    job_id = f"{spec.name}/{place}/{doc.kind}/" + "-".join(c for c in coords if c)
+    seed = job_seed(spec.seed, job_id)
+    rng = random.Random(seed)
+    # Axes the entry does not multiply over are still varied, picked by the job's seed.
+    if audience is None:
+        audience = rng.choice(spec.audiences)
+    if style is None:
+        style = rng.choice(spec.styles)
+    words = tuple(rng.sample(_word_list(), spec.seed_words)) if spec.seed_words else ()
+    return Job(
+        id=job_id,
+        kind=doc.kind,
+        template=doc.template,
+        subject=subject.name,
+        subject_description=subject.description,
+        topic=topic.name if topic else "",
+        topic_notes=topic.notes if topic else "",
+        audience=audience,
+        style=style,
+        sample=n,
+        seed=seed,
+        seed_words=words,
+        max_tokens=doc.max_tokens or spec.model.max_tokens,
+        temperature=doc.temperature if doc.temperature is not None else spec.model.temperature,
+    )

@@ -1,0 +1,153 @@
+"""Jinja2 prompt templates: Job -> Request; third stage of the flow.
+
+Templates are looked up in the spec's own ``templates:`` folder first, then in the bundled
+``prompts/``. A template may set ``system`` with ``{% set system %}...{% endset %}``; the rest
+of its output is the user message. Undefined variables are errors (StrictUndefined).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from textbook_gen.errors import TemplateProblem
+from textbook_gen.expand import Job
+from textbook_gen.providers.base import Request
+from textbook_gen.spec import Curriculum
+
+
+def data_dir(name: str) -> Path:
+    """A bundled data folder ("prompts", "curricula"): inside the wheel, or in a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_data" / name, package.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise TemplateProblem(f"bundled folder {name!r} not found next to {package}; reinstall the package")
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    system: str | None
+    user: str
+
+
+class PromptRenderer:
+    """Renders a curriculum's jobs into requests for its model."""
+
+    def __init__(self, spec: Curriculum, *, provider: str | None = None, model: str | None = None):
+        self.spec = spec
+        self.provider = provider or spec.model.provider
+        self.model = model or spec.model.name
+        for folder in spec.template_dirs:
+            if not folder.is_dir():
+                raise TemplateProblem(
+                    f"{spec.source_path}: templates: folder {folder} does not exist"
+                )
+        self.search_path = [*spec.template_dirs, data_dir("prompts")]
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader([str(p) for p in self.search_path]),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=False,
+            autoescape=False,
+        )
+        self._hashes: dict[str, str] = {}
+        self._templates: dict[str, jinja2.Template] = {}
+
+    def check(self) -> list[str]:
+        """Load every template the spec names; return problems instead of raising."""
+        problems = []
+        for doc in self.spec.documents:
+            try:
+                self.template(doc.template)
+            except TemplateProblem as e:
+                problems.append(str(e))
+        return problems
+
+    def template(self, name: str) -> jinja2.Template:
+        if name not in self._templates:
+            try:
+                self._templates[name] = self.env.get_template(name)
+            except jinja2.TemplateNotFound:
+                where = ", ".join(str(p) for p in self.search_path)
+                raise TemplateProblem(
+                    f"{self.spec.source_path}: template {name!r} not found (searched {where})"
+                ) from None
+            except jinja2.TemplateSyntaxError as e:
+                raise TemplateProblem(f"{e.filename or name}:{e.lineno}: {e.message}") from None
+        return self._templates[name]
+
+    def template_sha256(self, name: str) -> str:
+        if name not in self._hashes:
+            filename = self.template(name).filename
+            data = Path(filename).read_bytes() if filename else name.encode()
+            self._hashes[name] = hashlib.sha256(data).hexdigest()
+        return self._hashes[name]
+
+    def template_hashes(self) -> dict[str, str]:
+        return {d.template: self.template_sha256(d.template) for d in self.spec.documents}
+
+    @cached_property
+    def _curriculum_vars(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "name": s.name,
+            "description": s.description,
+            "audiences": s.audiences,
+            "styles": s.styles,
+            "subjects": [x.name for x in s.subjects],
+        }
+
+    def render_prompt(self, job: Job) -> RenderedPrompt:
+        tmpl = self.template(job.template)
+        context = {
+            **self.spec.variables,
+            "curriculum": self._curriculum_vars,
+            "kind": job.kind,
+            "subject": job.subject,
+            "subject_description": job.subject_description,
+            "topic": job.topic,
+            "topic_notes": job.topic_notes,
+            "audience": job.audience,
+            "style": job.style,
+            "sample": job.sample,
+            "seed_words": list(job.seed_words),
+            "job_id": job.id,
+        }
+        try:
+            module = tmpl.make_module(context)
+        except jinja2.UndefinedError as e:
+            raise TemplateProblem(f"{_where(e, tmpl)}: {e.message}") from None
+        except jinja2.TemplateError as e:
+            raise TemplateProblem(f"{_where(e, tmpl)}: {e}") from None
+        system = getattr(module, "system", None)
+        system = str(system).strip() if system is not None else self.spec.model.system
+        return RenderedPrompt(system or None, str(module).strip())
+
+    def render(self, job: Job) -> Request:
+        prompt = self.render_prompt(job)
+        messages = [("system", prompt.system)] if prompt.system else []
+        messages.append(("user", prompt.user))
+        params: dict[str, Any] = {
+            "temperature": job.temperature,
+            "max_tokens": job.max_tokens,
+            "top_p": self.spec.model.top_p,
+            "seed": job.seed,
+        }
+        return Request.build(self.provider, self.model, messages, params)
+
+
+def _where(err: Exception, tmpl: jinja2.Template) -> str:
+    """file:line of the template frame in a render traceback."""
+    import traceback
+
+    line = None
+    filename = tmpl.filename or tmpl.name
+    for frame in traceback.extract_tb(err.__traceback__):
+        if frame.filename == tmpl.filename or frame.filename.endswith(".j2"):
+            filename, line = frame.filename, frame.lineno
+    return f"{filename}:{line}" if line else str(filename)

@@ -1,0 +1,122 @@
+"""Anthropic Messages API through the official SDK."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from textbook_gen.errors import ProviderError
+from textbook_gen.providers._keys import api_key
+from textbook_gen.providers.base import (
+    Provider,
+    RateLimitInfo,
+    Request,
+    Response,
+    sdk_error_message,
+    status_error,
+)
+from textbook_gen.spec import ModelSettings
+
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+         "refusal": "refusal", "tool_use": "stop", "pause_turn": "stop"}
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+    needs_key = True
+    key_env_var = "ANTHROPIC_API_KEY"
+    supports_batch = True
+
+    def __init__(self, settings: ModelSettings, *, timeout: float = 600.0,
+                 base_url: str | None = None):
+        super().__init__(settings, timeout=timeout)
+        import anthropic
+
+        key = api_key(settings, self.key_env_var, optional=base_url is not None)
+        self.client = anthropic.AsyncAnthropic(
+            api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    @classmethod
+    def check_key(cls, settings: ModelSettings) -> None:
+        api_key(settings, "ANTHROPIC_API_KEY", optional=bool(settings.base_url))
+
+    def request_body(self, req: Request) -> dict[str, Any]:
+        """Parameters for /v1/messages (also the ``params`` of a Message Batches request)."""
+        p = req.param
+        body: dict[str, Any] = {"model": req.model, "max_tokens": p["max_tokens"],
+                                "messages": req.chat}
+        if req.system:
+            body["system"] = req.system
+        # Newer Claude models reject temperature and top_p together: send top_p only if asked.
+        if "top_p" in p:
+            body["top_p"] = p["top_p"]
+        elif "temperature" in p:
+            body["temperature"] = min(p["temperature"], 1.0)
+        return body
+
+    async def complete(self, request: Request) -> Response:
+        import anthropic
+
+        started = time.monotonic()
+        try:
+            raw = await self.client.messages.with_raw_response.create(**self.request_body(request))
+            message = raw.parse()
+        except anthropic.APIStatusError as e:
+            raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
+        except anthropic.APITimeoutError:
+            raise ProviderError("request timed out", retryable=True, kind="timeout") from None
+        except anthropic.APIConnectionError as e:
+            raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
+                                kind="connection") from None
+        except anthropic.APIResponseValidationError as e:
+            raise ProviderError(f"unreadable response body: {e}", kind="bad_body") from None
+        if isinstance(message, str | bytes) or not hasattr(message, "content"):
+            raise ProviderError(f"response is not JSON: {str(message)[:200]!r}", kind="bad_body")
+        return parse_message(message, time.monotonic() - started, _limits(raw.headers))
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def parse_message(message: Any, latency: float = 0.0,
+                  limits: RateLimitInfo | None = None) -> Response:
+    """Message (SDK object or dict from a batch result) -> Response."""
+    get = (lambda o, k: o.get(k)) if isinstance(message, dict) else getattr
+    blocks = get(message, "content") or []
+    text = "".join(get(b, "text") or "" for b in blocks if get(b, "type") == "text")
+    finish = _STOP.get(get(message, "stop_reason") or "end_turn", "stop")
+    if not text and finish != "refusal":
+        raise ProviderError("response has no text content", kind="empty")
+    usage = get(message, "usage")
+    return Response(
+        text=text,
+        finish_reason=finish,
+        input_tokens=(get(usage, "input_tokens") or 0) if usage else 0,
+        output_tokens=(get(usage, "output_tokens") or 0) if usage else 0,
+        model=get(message, "model") or "",
+        response_id=get(message, "id"),
+        latency_s=latency,
+        rate_limits=limits,
+    )
+
+
+def _limits(headers: Any) -> RateLimitInfo | None:
+    def num(name: str) -> int | None:
+        v = headers.get(name)
+        try:
+            return int(v) if v is not None else None
+        except ValueError:
+            return None
+
+    if "anthropic-ratelimit-requests-limit" not in headers:
+        return None
+    return RateLimitInfo(
+        limit_requests=num("anthropic-ratelimit-requests-limit"),
+        remaining_requests=num("anthropic-ratelimit-requests-remaining"),
+        limit_tokens=num("anthropic-ratelimit-tokens-limit"),
+        remaining_tokens=num("anthropic-ratelimit-tokens-remaining"),
+        limit_input_tokens=num("anthropic-ratelimit-input-tokens-limit"),
+        limit_output_tokens=num("anthropic-ratelimit-output-tokens-limit"),
+    )
+

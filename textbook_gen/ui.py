@@ -1,0 +1,111 @@
+"""Terminal display for long work: a rich progress bar over the engine's live counters."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from textbook_gen.engine import EngineStats
+from textbook_gen.run import Progress as RunProgress
+
+
+class RichProgress(RunProgress):
+    def __init__(self, console: Console, *, enabled: bool = True):
+        self.console = console
+        self.enabled = enabled
+        self._stages: dict[str, TaskID] = {}
+        self._stage_bar: Progress | None = None
+
+    @contextlib.contextmanager
+    def generation(self, stats: EngineStats) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        bar = Progress(
+            TextColumn("[bold]generate"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        task = bar.add_task("generate", total=stats.total, detail="")
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(0.25):
+                bar.update(task, completed=stats.done, detail=describe(stats))
+
+        with bar:
+            poller = threading.Thread(target=refresh, daemon=True)
+            poller.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                poller.join()
+                bar.update(task, completed=stats.done, detail=describe(stats))
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._stage_bar is None:
+            self._stage_bar = Progress(
+                TextColumn("[bold]{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=self.console,
+            )
+            self._stage_bar.start()
+        if name not in self._stages:
+            self._stages[name] = self._stage_bar.add_task(name, total=total)
+        self._stage_bar.update(self._stages[name], completed=done, total=total)
+
+    def close(self) -> None:
+        if self._stage_bar is not None:
+            self._stage_bar.stop()
+            self._stage_bar = None
+
+    def message(self, text: str) -> None:
+        self.console.print(f"[yellow]{text}")
+
+
+def describe(s: EngineStats) -> str:
+    elapsed = max(time.monotonic() - s.started, 1e-6)
+    rate = (s.done - s.cached) / elapsed
+    parts = [f"{rate:.1f} req/s", f"{s.input_tokens + s.output_tokens:,} tok"]
+    if s.cost_known:
+        projected = s.projected_cost
+        parts.append(f"${s.cost_usd:.4f}" + (f" of ~${projected:.4f}" if projected else ""))
+    if s.cached:
+        parts.append(f"{s.cached} stored")
+    if s.retries:
+        parts.append(f"{s.retries} retries")
+    if s.failed:
+        parts.append(f"[red]{s.failed} failed[/]")
+    if s.in_flight:
+        parts.append(f"{s.in_flight} in flight")
+    return " · ".join(parts)
+
+
+def money(value: float | None) -> str:
+    return "unknown (no price for this model; add one under prices:)" if value is None else (
+        f"${value:,.4f}")
+
+
+def table_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in data.items()]
