@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 _debug = {"on": bool(os.environ.get("TEXTBOOK_GEN_DEBUG"))}
 
 SpecArg = Annotated[Path, typer.Argument(help="Curriculum YAML file.", show_default=False)]

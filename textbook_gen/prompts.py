@@ -146,8 +146,9 @@ def _where(err: Exception, tmpl: jinja2.Template) -> str:
     import traceback
 
     line = None
-    filename = tmpl.filename or tmpl.name
     for frame in traceback.extract_tb(err.__traceback__):
-        if frame.filename == tmpl.filename or frame.filename.endswith(".j2"):
-            filename, line = frame.filename, frame.lineno
-    return f"{filename}:{line}" if line else str(filename)
+        # frames of compiled template code carry the template's file name and a code line
+        if frame.filename == tmpl.filename and frame.lineno is not None:
+            line = tmpl.get_corresponding_lineno(frame.lineno)
+    where = tmpl.filename or tmpl.name
+    return f"{where}:{line}" if line else str(where)

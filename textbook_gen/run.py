@@ -57,9 +57,9 @@ def apply_overrides(spec: Curriculum, o: Overrides) -> Curriculum:
         "concurrency": o.concurrency, "max_cost_usd": o.max_cost_usd,
         "max_total_tokens": o.max_total_tokens, "retry_truncated": o.retry_truncated,
     }.items() if v is not None}
-    data = spec.model_dump()
-    data["model"].update(model)
-    data["engine"].update(engine)
+    data = spec.model_dump(exclude_unset=True)  # keep "unset" visible: providers look at it
+    data.setdefault("model", {}).update(model)
+    data.setdefault("engine", {}).update(engine)
     new = Curriculum.model_validate(data)
     new._source, new._sha256 = spec._source, spec._sha256
     return new

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -48,10 +49,12 @@ class AnthropicProvider(Provider):
                                 "messages": req.chat}
         if req.system:
             body["system"] = req.system
-        # Newer Claude models reject temperature and top_p together: send top_p only if asked.
-        if "top_p" in p:
+        # The SDK no longer types sampling parameters and newer models reject them, so they
+        # are sent only when the spec sets them explicitly (never both: models refuse that).
+        chosen = self.settings.model_fields_set
+        if "top_p" in p and "top_p" in chosen:
             body["top_p"] = p["top_p"]
-        elif "temperature" in p:
+        elif "temperature" in p and "temperature" in chosen:
             body["temperature"] = min(p["temperature"], 1.0)
         return body
 
@@ -60,8 +63,14 @@ class AnthropicProvider(Provider):
 
         started = time.monotonic()
         try:
-            raw = await self.client.messages.with_raw_response.create(**self.request_body(request))
+            body = self.request_body(request)
+            sampling = {k: body.pop(k) for k in ("temperature", "top_p") if k in body}
+            raw = await self.client.messages.with_raw_response.create(
+                **body, extra_body=sampling or None
+            )
             message = raw.parse()
+            if inspect.isawaitable(message):  # async raw responses parse asynchronously
+                message = await message
         except anthropic.APIStatusError as e:
             raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
         except anthropic.APITimeoutError:

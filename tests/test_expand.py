@@ -1,0 +1,98 @@
+"""Expansion: counts follow the spec, ids and seeds are stable, seeds add variety."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO, SMALL_SPEC
+
+from textbook_gen.expand import count_jobs, expand
+from textbook_gen.spec import load_curriculum
+
+
+def test_counts_match_the_spec_cross_products(write_spec):
+    spec = load_curriculum(write_spec())
+    jobs = list(expand(spec))
+    # topics: counting (w1) + fractions (w2) = 3 places; x 2 audiences x 1 style x 1 sample
+    assert len(jobs) == 6 == count_jobs(spec)
+    assert sum(j.topic == "fractions" for j in jobs) == 4
+
+
+def test_multiple_document_kinds_and_axes(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("""
+name: multi
+audiences: [a, b, c]
+styles: [x, y]
+subjects:
+  - {name: S1, topics: [t1, {name: t2, weight: 3}]}
+  - {name: S2, topics: [t3]}
+documents:
+  - {kind: chapter, template: chapter.md.j2, per: [topic, audience, style], samples: 2}
+  - {kind: exercises, template: exercises.md.j2, per: [subject], samples: 3}
+""")
+    spec = load_curriculum(path)
+    jobs = list(expand(spec))
+    chapters = [j for j in jobs if j.kind == "chapter"]
+    exercises = [j for j in jobs if j.kind == "exercises"]
+    assert len(chapters) == (1 + 3 + 1) * 3 * 2 * 2
+    assert len(exercises) == 2 * 3
+    assert len(jobs) == count_jobs(spec)
+    assert len({j.id for j in jobs}) == len(jobs)
+    # axes not multiplied over are still filled in, from the spec's lists
+    assert all(j.audience in spec.audiences and j.style in spec.styles for j in exercises)
+    assert {j.topic for j in exercises} == {""}
+
+
+def test_same_spec_gives_same_jobs_in_another_process(write_spec):
+    path = write_spec()
+    here = [(j.id, j.seed, j.seed_words) for j in expand(load_curriculum(path))]
+    code = (
+        "import sys, json; from textbook_gen.spec import load_curriculum;"
+        "from textbook_gen.expand import expand;"
+        "print(json.dumps([[j.id, j.seed, list(j.seed_words)] for j in"
+        " expand(load_curriculum(sys.argv[1]))]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""},
+                         cwd=REPO)
+    import json
+
+    there = [(i, s, tuple(w)) for i, s, w in json.loads(out.stdout)]
+    assert here == there
+
+
+def test_seed_changes_seeds_and_words_but_not_ids(write_spec):
+    a = list(expand(load_curriculum(write_spec())))
+    b = list(expand(load_curriculum(write_spec(SMALL_SPEC.replace("seed: 5", "seed: 6"),
+                                               name="other.yaml"))))
+    assert [j.id for j in a] == [j.id for j in b]
+    assert [j.seed for j in a] != [j.seed for j in b]
+    assert [j.seed_words for j in a] != [j.seed_words for j in b]
+
+
+def test_samples_of_one_prompt_get_different_words(write_spec):
+    spec = load_curriculum(write_spec())
+    jobs = list(expand(spec))
+    fractions = [j for j in jobs if j.topic == "fractions" and j.audience == "children"]
+    assert len(fractions) == 2
+    assert fractions[0].seed_words != fractions[1].seed_words
+    assert all(len(j.seed_words) == 3 for j in jobs)
+
+
+def test_expansion_is_lazy_for_large_specs(tmp_path):
+    path = tmp_path / "big.yaml"
+    topics = ", ".join(f"t{i}" for i in range(1000))
+    path.write_text(f"""
+name: big
+audiences: [a, b, c, d, e]
+styles: [s1, s2, s3, s4]
+subjects: [{{name: S, topics: [{topics}]}}]
+documents: [{{kind: chapter, template: chapter.md.j2, samples: 5}}]
+""")
+    spec = load_curriculum(path)
+    assert count_jobs(spec) == 100_000
+    it = expand(spec)
+    first = next(it)
+    assert first.id == "big/s/t0/chapter/a0-s0-n0"

@@ -1,0 +1,119 @@
+"""OpenAI and Anthropic providers through the real SDKs against the loopback wire-format server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from textbook_gen.errors import ConfigError, FatalProviderError, ProviderError
+from textbook_gen.providers import provider_class
+from textbook_gen.providers.base import Request
+from textbook_gen.spec import ModelSettings
+
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
+
+
+def _provider(name: str, url: str):
+    base = f"{url}/v1" if name == "openai" else url
+    settings = ModelSettings(provider=name, name=MODELS[name], base_url=[base])
+    return provider_class(name)(settings, timeout=10, base_url=base)
+
+
+def _request(name: str, text: str = "Explain fractions.", max_tokens: int = 300) -> Request:
+    return Request.build(name, MODELS[name], [("system", "Be clear."), ("user", text)],
+                         {"max_tokens": max_tokens, "temperature": 0.7, "seed": 3})
+
+
+def _complete(provider, req):
+    async def go():
+        try:
+            return await provider.complete(req)
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_answer_is_parsed_with_usage_and_ids(fake_api, name):
+    resp = _complete(_provider(name, fake_api.url), _request(name))
+    assert len(resp.text.split()) > 20
+    assert resp.finish_reason == "stop"
+    assert resp.input_tokens > 0 and resp.output_tokens > 0
+    assert resp.response_id
+    assert resp.rate_limits is not None and resp.rate_limits.limit_requests
+    body = fake_api.generation_bodies()[0]
+    assert body["model"] == MODELS[name] and body["max_tokens"] == 300
+    if name == "anthropic":
+        assert body["system"] == "Be clear." and body["messages"][0]["role"] == "user"
+    else:
+        assert body["messages"][0] == {"role": "system", "content": "Be clear."}
+        assert body["seed"] == 3
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+@pytest.mark.parametrize(
+    ("fault", "retryable", "fatal", "kind"),
+    [
+        ("429", True, False, "rate_limited"),
+        ("500", True, False, "http_500"),
+        ("529", True, False, "http_529"),
+        ("drop", True, False, "connection"),
+        ("401", False, True, "http_401"),
+        ("404", False, True, "http_404"),
+        ("400", False, False, "http_400"),
+        ("422", False, False, "http_422"),
+        ("nonjson", False, False, "bad_body"),
+        ("empty", False, False, "empty"),
+    ],
+)
+def test_faults_map_to_retryable_or_fatal_errors(fake_api, name, fault, retryable, fatal, kind):
+    fake_api.script(fault)
+    with pytest.raises(ProviderError) as info:
+        _complete(_provider(name, fake_api.url), _request(name))
+    err = info.value
+    assert err.retryable is retryable
+    assert isinstance(err, FatalProviderError) is fatal
+    assert err.kind == kind
+    if fault == "429":
+        assert err.retry_after == 1.0
+    assert fake_api.count() == 1  # the SDK itself never retries: the engine decides
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_truncated_and_refused_answers_are_normalised(fake_api, name):
+    fake_api.script("truncate", "refusal")
+    provider = _provider(name, fake_api.url)
+
+    async def go():
+        try:
+            return [await provider.complete(_request(name, f"q{i}")) for i in range(2)]
+        finally:
+            await provider.aclose()
+
+    truncated, refused = asyncio.run(go())
+    assert truncated.finish_reason == "length"
+    assert refused.finish_reason in ("refusal", "content_filter")
+
+
+def test_retry_after_http_date_and_ms_are_honoured():
+    from email.utils import formatdate
+
+    from textbook_gen.providers.base import parse_retry_after
+
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    import time
+
+    later = parse_retry_after({"retry-after": formatdate(time.time() + 30, usegmt=True)})
+    assert 25 < later <= 31
+    assert parse_retry_after({"retry-after": "soon"}) is None
+
+
+@pytest.mark.parametrize(("name", "env"), [("openai", "OPENAI_API_KEY"),
+                                            ("anthropic", "ANTHROPIC_API_KEY")])
+def test_missing_key_is_a_clear_error(monkeypatch, name, env):
+    monkeypatch.delenv(env, raising=False)
+    with pytest.raises(ConfigError, match=f"export {env}="):
+        provider_class(name).check_key(ModelSettings(provider=name, name=MODELS[name]))

@@ -1,0 +1,41 @@
+"""Shard writing and reading: rotation, atomic files, formats, manifest-listed shards only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from textbook_gen.errors import TextbookGenError
+from textbook_gen.shards import ShardWriter, iter_records, shard_files, write_manifest
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.zst", "jsonl", "parquet"])
+def test_rotation_roundtrip_and_checksums(tmp_path, fmt):
+    records = [{"id": str(i), "text": f"doc {i}", "quality": {"tokens": i}} for i in range(7)]
+    with ShardWriter(tmp_path, fmt=fmt, max_records=3) as w:
+        w.write_all(records)
+    assert [s.records for s in w.shards] == [3, 3, 1]
+    for s in w.shards:
+        assert hashlib.sha256((tmp_path / s.name).read_bytes()).hexdigest() == s.sha256
+    write_manifest(tmp_path, {"shards": [s.to_dict() for s in w.shards]})
+    assert list(iter_records(tmp_path)) == records
+    assert not list(tmp_path.glob("shards/.*"))  # no temporary files left behind
+    if fmt == "parquet":
+        assert pq.read_table(tmp_path / w.shards[0].name).num_rows == 3
+
+
+def test_reader_uses_only_shards_in_the_manifest(tmp_path):
+    with ShardWriter(tmp_path, fmt="jsonl", max_records=2) as w:
+        w.write_all({"id": str(i), "text": "t"} for i in range(3))
+    write_manifest(tmp_path, {"shards": [w.shards[0].to_dict()]})
+    assert [p.name for p in shard_files(tmp_path)] == ["part-00000.jsonl"]
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"text": "a"}) + "\n{broken\n")
+    with pytest.raises(TextbookGenError, match=r"in.jsonl:2: not valid JSON"):
+        list(iter_records(path))
