@@ -1,0 +1,119 @@
+"""A whole run: spec -> requests -> stored responses -> shards with provenance; reruns are free."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import SMALL_SPEC, needs_local_model
+
+from textbook_gen.run import Overrides, apply_overrides, run_curriculum
+from textbook_gen.shards import iter_records
+from textbook_gen.spec import load_curriculum
+
+
+def _spec(path, url):
+    return apply_overrides(load_curriculum(path), Overrides(base_url=[f"{url}/v1"]))
+
+
+def test_run_writes_shards_with_provenance_and_rerun_sends_nothing(
+    fake_api, api_env, write_spec, tmp_path
+):
+    spec = _spec(write_spec(), fake_api.url)
+    out = tmp_path / "out"
+    first = run_curriculum(spec, out_dir=out)
+    assert fake_api.count("/v1/chat/completions") == 6
+    assert first.records == 6 and first.stats.succeeded == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["records"] == 6
+    assert [s["records"] for s in manifest["shards"]] == [3, 3]
+    records = list(iter_records(out))
+    assert len({r["id"] for r in records}) == 6
+    r = records[0]
+    assert r["curriculum"] == "tiny" and r["kind"] == "chapter" and r["text"]
+    prov = r["provenance"]
+    assert prov["spec_sha256"] == spec.sha256
+    assert prov["template"] == "chapter.md.j2" and len(prov["template_sha256"]) == 64
+    assert prov["provider"] == "openai" and prov["model"] == "gpt-4o-mini"
+    assert prov["response_id"].startswith("chatcmpl") and prov["finish_reason"] == "stop"
+    assert prov["usage"]["output"] > 0 and prov["cost_usd"] > 0
+    assert manifest["usage"]["cost_usd"] == pytest.approx(sum(
+        x["provenance"]["cost_usd"] for x in records), rel=1e-3)
+
+    second = run_curriculum(spec, out_dir=out)
+    assert fake_api.count("/v1/chat/completions") == 6  # nothing sent again
+    assert second.stats.cached == 6 and second.stats.sent == 0
+    assert list(iter_records(out)) == records
+
+
+def test_changed_prompt_resends_only_changed_jobs(fake_api, api_env, write_spec, tmp_path):
+    path = write_spec()
+    out = tmp_path / "out"
+    run_curriculum(_spec(path, fake_api.url), out_dir=out)
+    # a new audience adds 3 jobs; the other 6 prompts are unchanged
+    path.write_text(SMALL_SPEC.replace("[children, adults]", "[children, adults, experts]"))
+    result = run_curriculum(_spec(path, fake_api.url), out_dir=out)
+    assert fake_api.count("/v1/chat/completions") == 9
+    assert result.stats.cached == 6 and result.records == 9
+
+
+def test_limit_runs_only_the_first_jobs(fake_api, api_env, write_spec, tmp_path):
+    result = run_curriculum(_spec(write_spec(), fake_api.url), out_dir=tmp_path / "o", limit=2)
+    assert fake_api.count() == 2 and result.records == 2
+
+
+def test_cli_run_and_cat_give_valid_jsonl(fake_api, write_spec, tmp_path):
+    path = write_spec()
+    out = tmp_path / "run"
+    env = {"OPENAI_API_KEY": "sk-test", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "textbook_gen", "run", str(path), "--out", str(out),
+         "--base-url", f"{fake_api.url}/v1", "--limit", "4"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "4 records kept" in proc.stderr
+    cat = subprocess.run([sys.executable, "-m", "textbook_gen", "cat", str(out)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    lines = cat.stdout.splitlines()
+    assert len(lines) == 4
+    assert all(json.loads(line)["provenance"]["model"] == "gpt-4o-mini" for line in lines)
+    text = subprocess.run([sys.executable, "-m", "textbook_gen", "cat", str(out), "--text"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert text.stdout.count("\n\n") >= 4 and "{" not in text.stdout.splitlines()[0][:1]
+
+
+def test_missing_key_stops_before_any_request(fake_api, write_spec, tmp_path):
+    path = write_spec()
+    proc = subprocess.run(
+        [sys.executable, "-m", "textbook_gen", "run", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    assert "OPENAI_API_KEY is not set" in proc.stderr and "Traceback" not in proc.stderr
+    assert fake_api.count() == 0
+    assert not (tmp_path / "o").exists()
+
+
+def test_anthropic_run(fake_api, api_env, write_spec, tmp_path):
+    path = write_spec(SMALL_SPEC.replace("provider: openai", "provider: anthropic")
+                      .replace("gpt-4o-mini", "claude-haiku-4-5"))
+    spec = apply_overrides(load_curriculum(path), Overrides(base_url=[fake_api.url]))
+    result = run_curriculum(spec, out_dir=tmp_path / "o")
+    assert result.records == 6 and fake_api.count("/v1/messages") == 6
+    assert next(iter_records(tmp_path / "o"))["provenance"]["response_id"].startswith("msg_")
+
+
+@needs_local_model
+def test_run_on_the_bundled_local_model(write_spec, tmp_path):
+    path = write_spec(SMALL_SPEC.replace("provider: openai", "provider: local")
+                      .replace("gpt-4o-mini", "smollm2-135m-instruct")
+                      .replace("max_tokens: 200", "max_tokens: 16"))
+    result = run_curriculum(load_curriculum(path), out_dir=tmp_path / "o", limit=2)
+    records = list(iter_records(tmp_path / "o"))
+    assert result.records == 2 and all(len(r["text"].split()) >= 2 for r in records)
+    assert records[0]["provenance"]["model"].endswith(".gguf")
+    again = run_curriculum(load_curriculum(path), out_dir=tmp_path / "o", limit=2)
+    assert again.stats.cached == 2 and again.stats.sent == 0
