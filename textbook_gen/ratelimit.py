@@ -15,9 +15,11 @@ from collections import deque
 class SlidingWindow:
     """At most ``limit`` units in any ``window`` seconds."""
 
-    def __init__(self, limit: int, window: float = 60.0, margin: float = 0.05):
+    def __init__(self, limit: int, window: float = 60.0):
         self.limit = limit
-        self.window = window + margin  # margin: our clock starts before the server's
+        # We stamp a request when it leaves; the server when it arrives (a new connection, a
+        # TLS handshake later). The margin keeps our window from reopening before the server's.
+        self.window = window + 0.1 + 0.02 * window
         self._events: deque[tuple[float, int]] = deque()
         self._used = 0
 

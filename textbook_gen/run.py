@@ -188,6 +188,7 @@ def run_curriculum(
     limit: int | None = None,
     progress: Progress | None = None,
     retry_base_delay: float = 1.0,
+    rate_window: float = 60.0,
 ) -> RunResult:
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
@@ -199,7 +200,7 @@ def run_curriculum(
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunStore(out_dir / "run.sqlite") as store:
         engine = Engine(providers, store, spec.engine, spec_price(spec),
-                        retry_base_delay=retry_base_delay)
+                        retry_base_delay=retry_base_delay, rate_window=rate_window)
         total = job_count(spec, limit)
         items = (WorkItem(j.id, renderer.render(j)) for j in jobs(spec, limit))
         run_id = store.start_run()
