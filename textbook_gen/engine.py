@@ -19,7 +19,7 @@ from textbook_gen.providers.base import Provider, Request, Response
 from textbook_gen.ratelimit import RateLimiter
 from textbook_gen.spec import EngineSettings
 from textbook_gen.store import RunStore
-from textbook_gen.tokens import ModelPrice, count_tokens
+from textbook_gen.tokens import ModelPrice, count_tokens, count_tokens_cached
 
 MAX_BACKOFF = 60.0
 
@@ -147,7 +147,10 @@ class Engine:
             self.stats.cached += 1
             self.stats.done += 1
             return
-        input_estimate = sum(count_tokens(c) + 4 for _, c in req.messages)
+        input_estimate = sum(
+            (count_tokens_cached(c) if r == "system" else count_tokens(c)) + 4
+            for r, c in req.messages
+        )
         max_out = int(req.param.get("max_tokens", 0))
         if not self._reserve(input_estimate, max_out):
             return

@@ -8,7 +8,7 @@ promises; the engine charges the usage each response reports.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from textbook_gen.errors import ConfigError
@@ -79,3 +79,9 @@ def _encoding() -> Any:
 
 def count_tokens(text: str) -> int:
     return len(_encoding().encode(text, disallowed_special=()))
+
+
+@lru_cache(maxsize=64)
+def count_tokens_cached(text: str) -> int:
+    """For texts that repeat across requests, such as a template's system message."""
+    return count_tokens(text)

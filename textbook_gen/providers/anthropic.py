@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -13,6 +12,8 @@ from textbook_gen.providers.base import (
     RateLimitInfo,
     Request,
     Response,
+    json_body,
+    raw_response_type,
     sdk_error_message,
     status_error,
 )
@@ -37,6 +38,7 @@ class AnthropicProvider(Provider):
         self.client = anthropic.AsyncAnthropic(
             api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
         )
+        self._raw = raw_response_type(anthropic)
 
     @classmethod
     def check_key(cls, settings: ModelSettings) -> None:
@@ -49,7 +51,7 @@ class AnthropicProvider(Provider):
                                 "messages": req.chat}
         if req.system:
             body["system"] = req.system
-        # The SDK no longer types sampling parameters and newer models reject them, so they
+        # Newer models reject sampling parameters (and the SDK no longer types them), so they
         # are sent only when the spec sets them explicitly (never both: models refuse that).
         chosen = self.settings.model_fields_set
         if "top_p" in p and "top_p" in chosen:
@@ -63,14 +65,9 @@ class AnthropicProvider(Provider):
 
         started = time.monotonic()
         try:
-            body = self.request_body(request)
-            sampling = {k: body.pop(k) for k in ("temperature", "top_p") if k in body}
-            raw = await self.client.messages.with_raw_response.create(
-                **body, extra_body=sampling or None
+            raw = await self.client.post(
+                "/v1/messages", cast_to=self._raw, body=self.request_body(request)
             )
-            message = raw.parse()
-            if inspect.isawaitable(message):  # async raw responses parse asynchronously
-                message = await message
         except anthropic.APIStatusError as e:
             raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
         except anthropic.APITimeoutError:
@@ -78,33 +75,32 @@ class AnthropicProvider(Provider):
         except anthropic.APIConnectionError as e:
             raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
                                 kind="connection") from None
-        except anthropic.APIResponseValidationError as e:
-            raise ProviderError(f"unreadable response body: {e}", kind="bad_body") from None
-        if isinstance(message, str | bytes) or not hasattr(message, "content"):
-            raise ProviderError(f"response is not JSON: {str(message)[:200]!r}", kind="bad_body")
+        message = json_body(raw)
+        if not isinstance(message, dict):
+            raise ProviderError(f"unexpected response body: {str(message)[:120]!r}",
+                                kind="bad_body")
         return parse_message(message, time.monotonic() - started, _limits(raw.headers))
 
     async def aclose(self) -> None:
         await self.client.close()
 
 
-def parse_message(message: Any, latency: float = 0.0,
+def parse_message(message: dict[str, Any], latency: float = 0.0,
                   limits: RateLimitInfo | None = None) -> Response:
-    """Message (SDK object or dict from a batch result) -> Response."""
-    get = (lambda o, k: o.get(k)) if isinstance(message, dict) else getattr
-    blocks = get(message, "content") or []
-    text = "".join(get(b, "text") or "" for b in blocks if get(b, "type") == "text")
-    finish = _STOP.get(get(message, "stop_reason") or "end_turn", "stop")
+    """Message (JSON body, also a batch result's) -> Response."""
+    blocks = message.get("content") or []
+    text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+    finish = _STOP.get(message.get("stop_reason") or "end_turn", "stop")
     if not text and finish != "refusal":
         raise ProviderError("response has no text content", kind="empty")
-    usage = get(message, "usage")
+    usage = message.get("usage")
     return Response(
         text=text,
         finish_reason=finish,
-        input_tokens=(get(usage, "input_tokens") or 0) if usage else 0,
-        output_tokens=(get(usage, "output_tokens") or 0) if usage else 0,
-        model=get(message, "model") or "",
-        response_id=get(message, "id"),
+        input_tokens=(usage.get("input_tokens") or 0) if usage else 0,
+        output_tokens=(usage.get("output_tokens") or 0) if usage else 0,
+        model=message.get("model") or "",
+        response_id=message.get("id"),
         latency_s=latency,
         rate_limits=limits,
     )

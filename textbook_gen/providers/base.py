@@ -163,3 +163,26 @@ def sdk_error_message(e: Any) -> str:
         if isinstance(err, dict) and err.get("message"):
             return f"HTTP {e.status_code}: {err['message']}"
     return f"HTTP {e.status_code}: {getattr(e, 'message', e)}"
+
+
+def raw_response_type(sdk: Any) -> type:
+    """The HTTP response class an official SDK returns for ``cast_to`` (httpx2 or httpx).
+
+    Posting with ``cast_to=<that class>`` keeps the SDK's transport, auth, headers and
+    error mapping but skips its typed request transform and response model construction,
+    which cost more CPU than everything else in a run (see bench/bench_engine.py).
+    """
+    base = sdk._base_client
+    module = getattr(base, "httpx2", None) or base.httpx
+    return module.Response  # type: ignore[no-any-return]
+
+
+def json_body(raw: Any) -> Any:
+    """Decode a response body; a non-JSON body is a ProviderError that says what came back."""
+    from textbook_gen.errors import ProviderError
+
+    try:
+        return json.loads(raw.content)
+    except ValueError:
+        snippet = raw.content[:120].decode("utf-8", "replace")
+        raise ProviderError(f"response is not JSON: {snippet!r}", kind="bad_body") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -13,6 +12,8 @@ from textbook_gen.providers.base import (
     RateLimitInfo,
     Request,
     Response,
+    json_body,
+    raw_response_type,
     sdk_error_message,
     status_error,
 )
@@ -41,6 +42,7 @@ class OpenAIProvider(Provider):
         self.client = openai.AsyncOpenAI(
             api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
         )
+        self._raw = raw_response_type(openai)
 
     @classmethod
     def check_key(cls, settings: ModelSettings) -> None:
@@ -67,12 +69,9 @@ class OpenAIProvider(Provider):
 
         started = time.monotonic()
         try:
-            raw = await self.client.chat.completions.with_raw_response.create(
-                **self.request_body(request)
+            raw = await self.client.post(
+                "/chat/completions", cast_to=self._raw, body=self.request_body(request)
             )
-            completion = raw.parse()
-            if inspect.isawaitable(completion):  # async raw responses parse asynchronously
-                completion = await completion
         except openai.APIStatusError as e:
             raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
         except openai.APITimeoutError:
@@ -80,40 +79,39 @@ class OpenAIProvider(Provider):
         except openai.APIConnectionError as e:
             raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
                                 kind="connection") from None
-        except openai.APIResponseValidationError as e:
-            raise ProviderError(f"unreadable response body: {e}", kind="bad_body") from None
-        if isinstance(completion, str | bytes) or not hasattr(completion, "choices"):
-            raise ProviderError(f"response is not JSON: {str(completion)[:200]!r}", kind="bad_body")
+        completion = json_body(raw)
+        if not isinstance(completion, dict):
+            raise ProviderError(f"unexpected response body: {str(completion)[:120]!r}",
+                                kind="bad_body")
         return parse_completion(completion, time.monotonic() - started, _limits(raw.headers))
 
     async def aclose(self) -> None:
         await self.client.close()
 
 
-def parse_completion(completion: Any, latency: float = 0.0,
+def parse_completion(completion: dict[str, Any], latency: float = 0.0,
                      limits: RateLimitInfo | None = None) -> Response:
-    """ChatCompletion (SDK object or dict from a Batch API output line) -> Response."""
-    get = (lambda o, k: o.get(k)) if isinstance(completion, dict) else getattr
-    choices = get(completion, "choices") or []
+    """ChatCompletion (JSON body, also a Batch API output line's) -> Response."""
+    choices = completion.get("choices") or []
     if not choices:
         raise ProviderError("response has no choices", kind="empty")
     choice = choices[0]
-    message = get(choice, "message")
-    refusal = get(message, "refusal") if message is not None else None
-    text = (get(message, "content") if message is not None else None) or ""
-    finish = _FINISH.get(get(choice, "finish_reason") or "stop", "stop")
+    message = choice.get("message")
+    refusal = message.get("refusal") if message is not None else None
+    text = (message.get("content") if message is not None else None) or ""
+    finish = _FINISH.get(choice.get("finish_reason") or "stop", "stop")
     if refusal:
         finish, text = "refusal", refusal
     if not text:
         raise ProviderError("response has an empty message", kind="empty")
-    usage = get(completion, "usage")
+    usage = completion.get("usage")
     return Response(
         text=text,
         finish_reason=finish,
-        input_tokens=(get(usage, "prompt_tokens") or 0) if usage else 0,
-        output_tokens=(get(usage, "completion_tokens") or 0) if usage else 0,
-        model=get(completion, "model") or "",
-        response_id=get(completion, "id"),
+        input_tokens=(usage.get("prompt_tokens") or 0) if usage else 0,
+        output_tokens=(usage.get("completion_tokens") or 0) if usage else 0,
+        model=completion.get("model") or "",
+        response_id=completion.get("id"),
         latency_s=latency,
         rate_limits=limits,
     )

@@ -1,0 +1,178 @@
+"""Engine throughput and memory against a loopback server, each figure beside a baseline
+measured in the same run on the same server.
+
+  python bench/bench_engine.py                  # all three measurements
+  python bench/bench_engine.py --only speed     # speed | latency | memory
+
+speed:   zero-latency server; a full `run` (render, store, token counting, shards, progress)
+         vs the bare official openai SDK sending the same number of requests.
+latency: 200 ms server latency, 500 requests in flight; vs the ideal rate (500 / 0.2 s) and
+         vs the bare SDK under the same conditions.
+memory:  peak RSS of a full run of 5,000 jobs vs a 100,000-job spec whose run is cut off
+         (--limit) at the same number of requests: memory follows work in flight, not the
+         curriculum's size. A third figure runs all 100,000 jobs if --full-memory is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """tests/fakeapi.py in its own process, so it does not share our CPU core or GIL."""
+
+    def __init__(self, latency: float = 0.0):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "fakeapi.py"), "--port", "0",
+             "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("READY "), line
+        self.url = line.split()[1]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def write_spec(folder: Path, jobs: int, concurrency: int) -> Path:
+    topics = ", ".join(f"topic {i}" for i in range(jobs))
+    path = folder / "bench.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: bench
+        description: A benchmark curriculum.
+        model: {{provider: openai, name: gpt-4o-mini, max_tokens: 200}}
+        engine: {{concurrency: {concurrency}}}
+        subjects: [{{name: Bench, topics: [{topics}]}}]
+        documents: [{{kind: chapter, template: chapter.md.j2, per: [topic]}}]
+        curation: {{enabled: false}}
+        """))
+    return path
+
+
+async def bare_sdk(url: str, n: int, concurrency: int) -> float:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    counter = iter(range(n))
+    prompt = "Write one section of a textbook about topic {}. " + "Be precise and clear. " * 60
+
+    async def worker() -> None:
+        for i in counter:
+            r = await client.chat.completions.create(
+                model="gpt-4o-mini", max_tokens=200, temperature=0.8,
+                messages=[{"role": "user", "content": prompt.format(i)}])
+            assert r.choices[0].message.content
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return n / elapsed
+
+
+def ours(url: str, n: int, concurrency: int, *, limit: int | None = None,
+         jobs: int | None = None) -> tuple[float, dict]:
+    """A full run in a child process; returns requests/s and the child's report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = write_spec(Path(tmp), jobs or n, concurrency)
+        code = textwrap.dedent(f"""
+            import json, resource, time, io
+            from pathlib import Path
+            from rich.console import Console
+            from textbook_gen.run import Overrides, apply_overrides, run_curriculum
+            from textbook_gen.spec import load_curriculum
+            from textbook_gen.ui import RichProgress
+            spec = apply_overrides(load_curriculum({str(spec)!r}),
+                                   Overrides(base_url=[{url + '/v1'!r}]))
+            console = Console(file=io.StringIO(), force_terminal=True, width=120)
+            t = time.perf_counter()
+            r = run_curriculum(spec, out_dir=Path({tmp!r}) / "out", limit={limit!r},
+                               progress=RichProgress(console))
+            elapsed = time.perf_counter() - t
+            print(json.dumps({{"elapsed": elapsed, "sent": r.stats.sent, "records": r.records,
+                "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+        """)
+        env = {**os.environ, "OPENAI_API_KEY": "x"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, cwd=ROOT)
+        if out.returncode:
+            raise SystemExit(out.stderr)
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+    return report["sent"] / report["elapsed"], report
+
+
+def bench_speed(n: int) -> None:
+    server = Server(0.0)
+    try:
+        asyncio.run(bare_sdk(server.url, 200, 32))  # warm-up
+        base = asyncio.run(bare_sdk(server.url, n, 32))
+        rate, rep = ours(server.url, n, 32)
+    finally:
+        server.close()
+    print(f"[speed]   zero latency, {n} requests, 32 in flight")
+    print(f"          bare openai SDK: {base:8.1f} req/s")
+    print(f"          textbook-gen run: {rate:7.1f} req/s (records {rep['records']}, "
+          f"includes render, store, tokens, shards, progress)")
+    print(f"          ratio: {rate / base:.2f}x  (goal >= 0.8)")
+
+
+def bench_latency(n: int) -> None:
+    server = Server(0.2)
+    try:
+        base = asyncio.run(bare_sdk(server.url, n, 500))
+        rate, _ = ours(server.url, n, 500)
+    finally:
+        server.close()
+    ideal = 500 / 0.2
+    print(f"[latency] 200 ms latency, {n} requests, 500 in flight")
+    print(f"          ideal: {ideal:.0f} req/s; bare SDK: {base:.1f} req/s "
+          f"({base / ideal:.2f} of ideal)")
+    print(f"          textbook-gen run: {rate:.1f} req/s = {rate / ideal:.2f} of ideal, "
+          f"{rate / base:.2f}x the bare SDK (goal >= 0.9 of ideal)")
+
+
+def bench_memory(n: int, full: bool) -> None:
+    server = Server(0.0)
+    try:
+        _, small = ours(server.url, n, 32)
+        _, big_cut = ours(server.url, n, 32, limit=n, jobs=100_000)
+        big = ours(server.url, 100_000, 32)[1] if full else None
+    finally:
+        server.close()
+    print("[memory]  peak RSS of a full run process (32 in flight)")
+    print(f"          spec of {n:,} jobs, all run:            {small['maxrss_mb']:7.1f} MB")
+    print(f"          spec of 100,000 jobs, first {n:,} run: {big_cut['maxrss_mb']:7.1f} MB "
+          f"(ratio {big_cut['maxrss_mb'] / small['maxrss_mb']:.2f}x)")
+    if big:
+        print(f"          spec of 100,000 jobs, all run:          {big['maxrss_mb']:7.1f} MB "
+              f"(ratio {big['maxrss_mb'] / small['maxrss_mb']:.2f}x, "
+              f"{big['elapsed']:.0f} s)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", choices=["speed", "latency", "memory"])
+    ap.add_argument("-n", type=int, default=3000, help="requests per measurement")
+    ap.add_argument("--full-memory", action="store_true", help="also run all 100,000 jobs")
+    a = ap.parse_args()
+    if a.only in (None, "speed"):
+        bench_speed(a.n)
+    if a.only in (None, "latency"):
+        bench_latency(a.n)
+    if a.only in (None, "memory"):
+        bench_memory(min(a.n, 5000), a.full_memory)
+
+
+if __name__ == "__main__":
+    main()
