@@ -136,6 +136,12 @@ def run(
         help="Stop before a request that could push this run's spend over USD.")] = None,
     max_tokens: Annotated[int | None, typer.Option(
         help="Stop before a request that could push this run's tokens over N.")] = None,
+    batch: Annotated[bool, typer.Option(
+        help="Use the provider's batch API (OpenAI Batch, Anthropic Message Batches): half the "
+        "price, results within 24 h. Safe to stop and rerun: batches are never submitted twice."
+    )] = False,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between batch status checks.",
+                                                 min=0.0)] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Generate the corpus: send what is not stored yet, curate, write shards. Resumable."""
@@ -149,7 +155,7 @@ def run(
     delay = float(os.environ.get("TEXTBOOK_GEN_RETRY_BASE_DELAY", "1.0"))
     try:
         result = run_curriculum(s, out_dir=out_dir, limit=limit, progress=progress,
-                                retry_base_delay=delay)
+                                retry_base_delay=delay, batch=batch, poll_interval=poll_interval)
     finally:
         progress.close()
     st = result.stats
@@ -163,6 +169,33 @@ def run(
         for job_id, kind, message in result.failed[:10]:
             err.print(f"  {job_id}: {kind}: {message}", markup=False, highlight=False)
     out.print(str(result.out_dir))
+
+
+@app.command()
+def batches(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds run.sqlite).")],
+) -> None:
+    """Show the state of a run's batch jobs as last polled (run again with --batch to poll)."""
+    from textbook_gen.batch import describe_batches
+    from textbook_gen.store import RunStore
+
+    path = run_dir / "run.sqlite"
+    if not path.exists():
+        raise TextbookGenError(f"{run_dir}: no run.sqlite here; give the run directory of a run")
+    with RunStore(path) as store:
+        rows = describe_batches(store)
+    if not rows:
+        out.print(f"{run_dir}: no batches (this run did not use --batch)")
+        return
+    t = Table(title=f"batches of {run_dir}")
+    for col in ("id", "provider", "remote id", "state", "requests", "remote status", "counts",
+                "updated"):
+        t.add_column(col)
+    for r in rows:
+        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items() if v)
+        t.add_row(r["id"], r["provider"], r["remote_id"] or "-", r["state"], str(r["requests"]),
+                  r["remote_status"], counts, r["updated"])
+    out.print(t)
 
 
 @app.command("cat")

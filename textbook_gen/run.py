@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from textbook_gen import __version__
+from textbook_gen.batch import BatchRunner, backend_for
 from textbook_gen.engine import Engine, EngineStats, WorkItem, budget_message
 from textbook_gen.errors import ConfigError, Interrupted, TextbookGenError
 from textbook_gen.expand import Job, count_jobs, expand
@@ -189,6 +190,8 @@ def run_curriculum(
     progress: Progress | None = None,
     retry_base_delay: float = 1.0,
     rate_window: float = 60.0,
+    batch: bool = False,
+    poll_interval: float = 30.0,
 ) -> RunResult:
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
@@ -199,8 +202,14 @@ def run_curriculum(
     providers = make_providers(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     with RunStore(out_dir / "run.sqlite") as store:
-        engine = Engine(providers, store, spec.engine, spec_price(spec),
-                        retry_base_delay=retry_base_delay, rate_window=rate_window)
+        engine: Engine | BatchRunner
+        if batch:
+            engine = BatchRunner(backend_for(providers[0]), store, spec_price(spec),
+                                 poll_interval=poll_interval,
+                                 max_cost_usd=spec.engine.max_cost_usd)
+        else:
+            engine = Engine(providers, store, spec.engine, spec_price(spec),
+                            retry_base_delay=retry_base_delay, rate_window=rate_window)
         total = job_count(spec, limit)
         items = (WorkItem(j.id, renderer.render(j)) for j in jobs(spec, limit))
         run_id = store.start_run()
@@ -221,7 +230,7 @@ def run_curriculum(
     return RunResult(out_dir, stats, kept, rejected, failed, manifest)
 
 
-def _drive(engine: Engine, items: Iterator[WorkItem], total: int,
+def _drive(engine: Engine | BatchRunner, items: Iterator[WorkItem], total: int,
            progress: Progress) -> EngineStats:
     async def main() -> EngineStats:
         loop = asyncio.get_running_loop()
