@@ -123,8 +123,8 @@ def _openai_row(row: dict[str, Any], parse: Callable[..., Response]) -> Response
     status = (resp or {}).get("status_code") or 500
     body = (resp or {}).get("body") or {}
     message = (body.get("error") or err or {}).get("message", "batch request failed")
-    e = status_error(status, f"HTTP {status}: {message}")
-    return e if isinstance(e, ProviderError) else ProviderError(message)
+    error = status_error(status, f"HTTP {status}: {message}")
+    return error if isinstance(error, ProviderError) else ProviderError(message)
 
 
 class AnthropicBatches(BatchBackend):

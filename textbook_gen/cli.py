@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -208,6 +209,7 @@ def cat_(
     """Print records as JSONL (or just their text) for a training job or a pipe."""
     from textbook_gen.shards import dumps, iter_records, shard_files
 
+    stream: Iterator[dict[str, Any]]
     if rejects and path.is_dir():
         sources = shard_files(path, "rejects")
         stream = (r for f in sources for r in iter_records(f))

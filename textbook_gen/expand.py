@@ -54,10 +54,7 @@ def count_jobs(spec: Curriculum) -> int:
     total = 0
     topics = [t for s in spec.subjects for t in s.topics]
     for doc in spec.documents:
-        if "topic" in doc.per:
-            per_place = sum(t.weight for t in topics)
-        else:
-            per_place = len(spec.subjects)
+        per_place = sum(t.weight for t in topics) if "topic" in doc.per else len(spec.subjects)
         mult = 1
         if "audience" in doc.per:
             mult *= len(spec.audiences)

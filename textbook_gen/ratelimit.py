@@ -65,13 +65,13 @@ class RateLimiter:
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
         if not self.active:
             return
-        wants = [
+        candidates = [
             (self.requests, 1),
             (self.tokens, input_tokens + output_tokens),
             (self.input_tokens, input_tokens),
             (self.output_tokens, output_tokens),
         ]
-        wants = [(w, n) for w, n in wants if w is not None]
+        wants = [(w, n) for w, n in candidates if w is not None]
         async with self._lock:  # first come, first served: no starvation of large requests
             while True:
                 now = time.monotonic()

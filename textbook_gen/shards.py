@@ -159,7 +159,8 @@ def _open_text(path: Path) -> io.TextIOBase:
     if path.name.endswith(".zst"):
         import zstandard
 
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        # the reader owns the file (closefd) and the caller closes the reader
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
         return io.TextIOWrapper(raw, encoding="utf-8")
     return open(path, encoding="utf-8")
 

@@ -65,7 +65,7 @@ class AnthropicProvider(Provider):
 
         started = time.monotonic()
         try:
-            raw = await self.client.post(
+            raw: Any = await self.client.post(
                 "/v1/messages", cast_to=self._raw, body=self.request_body(request)
             )
         except anthropic.APIStatusError as e:

@@ -84,7 +84,7 @@ class LocalProvider(Provider):
         started = time.monotonic()
         with self._lock:
             try:
-                out = self.llm.create_chat_completion(**kwargs)
+                out: Any = self.llm.create_chat_completion(**kwargs)
             except ValueError as e:  # llama.cpp: prompt longer than the context window
                 raise ProviderError(f"local model: {e}", kind="context_length") from None
         choice = out["choices"][0]
@@ -100,6 +100,6 @@ class LocalProvider(Provider):
         )
 
     async def aclose(self) -> None:
-        llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
-            llm.close() if hasattr(llm, "close") else None
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()

@@ -69,7 +69,7 @@ class OpenAIProvider(Provider):
 
         started = time.monotonic()
         try:
-            raw = await self.client.post(
+            raw: Any = await self.client.post(
                 "/chat/completions", cast_to=self._raw, body=self.request_body(request)
             )
         except openai.APIStatusError as e:
