@@ -1,0 +1,112 @@
+"""Batch mode against the loopback server speaking the OpenAI Batch and Anthropic Message
+Batches protocols: end to end, expired batches, crash recovery without double submission."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import SMALL_SPEC
+from fakeapi import FakeAPI
+
+from textbook_gen.run import Overrides, apply_overrides, run_curriculum
+from textbook_gen.shards import iter_records
+from textbook_gen.spec import load_curriculum
+from textbook_gen.store import RunStore
+
+ANTHROPIC_SPEC = SMALL_SPEC.replace("provider: openai", "provider: anthropic").replace(
+    "gpt-4o-mini", "claude-haiku-4-5")
+
+
+def _spec(path, server, provider):
+    url = f"{server.url}/v1" if provider == "openai" else server.url
+    return apply_overrides(load_curriculum(path), Overrides(base_url=[url]))
+
+
+def _batch_sizes(server, provider):
+    if provider == "openai":
+        return [len(b["lines"]) for b in server._oa_batches.values()]
+    return [len(b["reqs"]) for b in server._an_batches.values()]
+
+
+@pytest.fixture
+def batch_api():
+    with FakeAPI(batch_complete_after=0.2) as server:
+        yield server
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_batch_run_end_to_end_at_half_price(batch_api, api_env, write_spec, tmp_path, provider):
+    path = write_spec(SMALL_SPEC if provider == "openai" else ANTHROPIC_SPEC)
+    spec = _spec(path, batch_api, provider)
+    result = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    assert result.records == 6
+    assert batch_api.batches_created == 1 and _batch_sizes(batch_api, provider) == [6]
+    assert batch_api.count("/v1/chat/completions") == batch_api.count("/v1/messages") == 0
+    records = list(iter_records(tmp_path / "b"))
+    assert all(r["provenance"]["batch_id"].startswith("tbg-") for r in records)
+    # the same answers bought one by one cost twice as much
+    direct = run_curriculum(spec, out_dir=tmp_path / "d")
+    assert direct.stats.cost_usd == pytest.approx(2 * result.stats.cost_usd, rel=0.05)
+    # a rerun in batch mode submits nothing
+    again = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    assert again.stats.cached == 6 and batch_api.batches_created == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_expired_batch_keeps_partial_results_and_resubmits_only_the_rest(
+    batch_api, api_env, write_spec, tmp_path, provider
+):
+    path = write_spec(SMALL_SPEC if provider == "openai" else ANTHROPIC_SPEC)
+    batch_api.expire_next_batch(2)
+    result = run_curriculum(_spec(path, batch_api, provider), out_dir=tmp_path / "b",
+                            batch=True, poll_interval=0.05)
+    assert result.records == 6
+    assert _batch_sizes(batch_api, provider) == [6, 4]
+    with RunStore(tmp_path / "b" / "run.sqlite") as store:
+        states = [b["status"] for b in store.batches()]
+    assert states == ["collected", "collected"]
+
+
+def test_crash_between_submit_and_record_does_not_submit_twice(
+    batch_api, api_env, write_spec, tmp_path, monkeypatch
+):
+    from textbook_gen import store as store_module
+
+    spec = _spec(write_spec(), batch_api, "openai")
+    real = store_module.RunStore.update_batch
+
+    def crash(self, batch_id, *, status, remote_id=None, detail=None):
+        if status == "submitted" and remote_id:
+            raise KeyboardInterrupt("simulated crash right after the provider accepted it")
+        return real(self, batch_id, status=status, remote_id=remote_id, detail=detail)
+
+    monkeypatch.setattr(store_module.RunStore, "update_batch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    assert batch_api.batches_created == 1
+    monkeypatch.setattr(store_module.RunStore, "update_batch", real)
+    result = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    assert result.records == 6
+    assert batch_api.batches_created == 1  # found by its metadata, not submitted again
+
+
+def test_batches_command_shows_state(batch_api, api_env, write_spec, tmp_path):
+    path = write_spec()
+    out = tmp_path / "b"
+    run_curriculum(_spec(path, batch_api, "openai"), out_dir=out, batch=True, poll_interval=0.05)
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "batches", str(out)],
+                          capture_output=True, text=True, timeout=60,
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "collected" in proc.stdout and "completed" in proc.stdout and "tbg-" in proc.stdout
+
+
+def test_local_provider_has_no_batch_mode(write_spec, tmp_path):
+    path = write_spec(SMALL_SPEC.replace("provider: openai", "provider: local").replace(
+        "gpt-4o-mini", "smollm2-135m-instruct"))
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "run", str(path), "--batch",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "no batch API" in proc.stderr
