@@ -128,18 +128,23 @@ def bench_speed(n: int) -> None:
 
 
 def bench_latency(n: int) -> None:
+    """500 in flight is the issue's figure; its ideal (2,500 req/s) is beyond what one Python
+    process with the official SDK can send on 2 cores, so 50 in flight (ideal 250 req/s, within
+    the client's reach) is measured too: there the ratio shows what the engine itself costs."""
     server = Server(0.2)
     try:
-        base = asyncio.run(bare_sdk(server.url, n, 500))
-        rate, _ = ours(server.url, n, 500)
+        for in_flight in (500, 50):
+            count = n if in_flight == 500 else min(n, 1500)
+            base = asyncio.run(bare_sdk(server.url, count, in_flight))
+            rate, _ = ours(server.url, count, in_flight)
+            ideal = in_flight / 0.2
+            print(f"[latency] 200 ms latency, {count} requests, {in_flight} in flight")
+            print(f"          ideal: {ideal:.0f} req/s; bare SDK: {base:.1f} req/s "
+                  f"({base / ideal:.2f} of ideal)")
+            print(f"          textbook-gen run: {rate:.1f} req/s = {rate / ideal:.2f} of ideal, "
+                  f"{rate / base:.2f}x the bare SDK (goal >= 0.9 of ideal)")
     finally:
         server.close()
-    ideal = 500 / 0.2
-    print(f"[latency] 200 ms latency, {n} requests, 500 in flight")
-    print(f"          ideal: {ideal:.0f} req/s; bare SDK: {base:.1f} req/s "
-          f"({base / ideal:.2f} of ideal)")
-    print(f"          textbook-gen run: {rate:.1f} req/s = {rate / ideal:.2f} of ideal, "
-          f"{rate / base:.2f}x the bare SDK (goal >= 0.9 of ideal)")
 
 
 def bench_memory(n: int, full: bool) -> None:

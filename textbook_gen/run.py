@@ -179,7 +179,13 @@ def check_provider(spec: Curriculum) -> type[Provider]:
 def make_providers(spec: Curriculum) -> list[Provider]:
     cls = check_provider(spec)
     urls: list[str | None] = list(spec.model.base_url) or [None]
-    return [cls(spec.model, timeout=spec.engine.timeout, base_url=u) for u in urls]  # type: ignore[call-arg]
+    per_client = cls.connections_per_client
+    copies = -(-spec.engine.concurrency // (per_client * len(urls))) if per_client else 1
+    return [
+        cls(spec.model, timeout=spec.engine.timeout, base_url=u)  # type: ignore[call-arg]
+        for u in urls
+        for _ in range(copies)
+    ]
 
 
 def run_curriculum(

@@ -28,6 +28,7 @@ class AnthropicProvider(Provider):
     needs_key = True
     key_env_var = "ANTHROPIC_API_KEY"
     supports_batch = True
+    connections_per_client = 64
 
     def __init__(self, settings: ModelSettings, *, timeout: float = 600.0,
                  base_url: str | None = None):

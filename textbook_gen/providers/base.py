@@ -97,6 +97,10 @@ class Provider:
     needs_key: ClassVar[bool] = False
     key_env_var: ClassVar[str | None] = None
     supports_batch: ClassVar[bool] = False
+    # HTTP providers get one client per CONNECTIONS_PER_CLIENT requests in flight: an HTTP
+    # connection pool scans its connections for every request, so one pool of 500 costs
+    # more CPU than the requests themselves (bench/bench_engine.py: +50% req/s at 500).
+    connections_per_client: ClassVar[int | None] = None
 
     def __init__(self, settings: ModelSettings, *, timeout: float = 600.0):
         self.settings = settings
