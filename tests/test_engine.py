@@ -134,3 +134,30 @@ def test_concurrency_keeps_many_requests_in_flight(api_env, write_spec, tmp_path
         elapsed = time.monotonic() - started
     assert result.records == 80
     assert elapsed < 0.5 * 80 / 4  # far from serial: 80 x 0.5 s would be 40 s
+
+
+def test_several_endpoints_share_the_load(api_env, write_spec, tmp_path):
+    from fakeapi import FakeAPI
+
+    topics = "[" + ", ".join(f"t{i}" for i in range(20)) + "]"
+    path = write_spec(SMALL_SPEC.replace("[counting, {name: fractions, weight: 2}]", topics),
+                      extra="engine: {concurrency: 8}\n")
+    with FakeAPI(latency=0.05) as a, FakeAPI(latency=0.05) as b:
+        spec = apply_overrides(load_curriculum(path),
+                               Overrides(base_url=[f"{a.url}/v1", f"{b.url}/v1"]))
+        result = run_curriculum(spec, out_dir=tmp_path / "o")
+        assert result.records == 40
+        assert a.count() + b.count() == 40
+        assert min(a.count(), b.count()) >= 10  # both replicas did real work
+
+
+def test_one_replica_down_the_other_carries_on(api_env, write_spec, tmp_path):
+    from fakeapi import FakeAPI
+
+    path = write_spec(extra="engine: {concurrency: 2}\n")
+    with FakeAPI() as up, FakeAPI() as down:
+        down.script(*["503"] * 20)
+        spec = apply_overrides(load_curriculum(path),
+                               Overrides(base_url=[f"{up.url}/v1", f"{down.url}/v1"]))
+        result = run_curriculum(spec, out_dir=tmp_path / "o", retry_base_delay=0.01)
+        assert result.records == 6 and not result.failed
