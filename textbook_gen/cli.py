@@ -173,6 +173,63 @@ def run(
 
 
 @app.command()
+def curate(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="JSONL (.jsonl, .jsonl.zst) or Parquet files, or run directories; each record "
+        "needs a 'text' field.", show_default=False)],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write shards/, "
+                                          "rejects/ and manifest.json.")],
+    config: Annotated[Path | None, typer.Option(
+        help="YAML file with curation settings (the keys of a spec's curation: section), or a "
+        "curriculum spec whose curation: section to use.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl.zst, jsonl or parquet.")] = "jsonl.zst",
+    shard_max_records: Annotated[int, typer.Option(min=1)] = 10_000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run the curation stages alone on any corpus: filters, verification, dedup, decontamination."""
+    from textbook_gen.curate.pipeline import curate_corpus
+    from textbook_gen.ui import RichProgress
+
+    settings = _curation_settings(config)
+    progress = RichProgress(err, enabled=not quiet and err.is_terminal)
+    try:
+        result = curate_corpus(list(inputs), out_dir, settings, fmt=fmt,
+                               shard_max_records=shard_max_records, progress=progress.stage)
+    finally:
+        progress.close()
+    kept = sum(s.records for s in result.shards)
+    rejected = sum(s.records for s in result.rejects)
+    err.print(f"[green]done[/] {out_dir}: {kept:,} kept, {rejected:,} rejected "
+              f"(reasons: textbook-gen cat {out_dir} --rejects)")
+    out.print(str(out_dir))
+
+
+def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, imported lazily
+    from textbook_gen.curate.settings import CurationSettings
+
+    if path is None:
+        return CurationSettings()
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError([f"{path}: cannot read curation settings: {e}"]) from None
+    if isinstance(data, dict) and "subjects" in data:  # a whole curriculum: use its section
+        from textbook_gen.spec import load_curriculum
+
+        return load_curriculum(path).curation
+    try:
+        settings = CurationSettings.model_validate(data)
+    except ValidationError as e:
+        raise SpecError([f"{path}: {'.'.join(map(str, x['loc']))}: {x['msg']}"
+                         for x in e.errors()]) from None
+    resolve = getattr(settings, "resolve_paths", None)
+    return resolve(path.parent) if resolve else settings
+
+
+@app.command()
 def batches(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (holds run.sqlite).")],
 ) -> None:

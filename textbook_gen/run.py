@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -23,7 +23,7 @@ from textbook_gen.engine import Engine, EngineStats, WorkItem, budget_message
 from textbook_gen.errors import ConfigError, Interrupted, TextbookGenError
 from textbook_gen.expand import Job, count_jobs, expand
 from textbook_gen.prompts import PromptRenderer
-from textbook_gen.providers import Provider, provider_class
+from textbook_gen.providers import Provider, Request, provider_class
 from textbook_gen.shards import ShardWriter, write_manifest
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore, StoredResponse
@@ -310,6 +310,45 @@ def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
             yield record_for(spec, job, resp, renderer)
 
 
+def make_judge(spec: Curriculum, store: RunStore,
+               progress: Progress) -> Callable[[list[dict[str, Any]]], dict[str, float | None]]:
+    """The LLM judge as curation calls it: scores through the same engine and store as the
+    generation (cached, resumable, counted in cost), with the judge's own model if set."""
+    from textbook_gen.curate.judge import judge_prompt, parse_judge_score
+
+    settings = spec.curation.judge  # type: ignore[attr-defined]
+    model = spec.model
+    provider_name = getattr(settings, "provider", None) or model.provider
+    model_name = getattr(settings, "model", None) or model.name
+    if provider_name != model.provider or model_name != model.name:
+        model = model.model_copy(update={"provider": provider_name, "name": model_name})
+    judge_spec = spec.model_copy(update={"model": model})
+    max_tokens = int(getattr(settings, "max_tokens", 0) or 256)
+
+    def judge(records: list[dict[str, Any]]) -> dict[str, float | None]:
+        items = [
+            WorkItem(f"judge:{r['id']}", Request.build(
+                provider_name, model_name, [("user", judge_prompt(r))],
+                {"max_tokens": max_tokens, "temperature": 0.0, "seed": 0}))
+            for r in records
+        ]
+        engine = Engine(make_providers(judge_spec), store, spec.engine, spec_price(judge_spec))
+        stats = _drive(engine, iter(items), len(items), progress)
+        if stats.stop_reason == "budget":
+            raise budget_message(stats, spec.engine)
+        if stats.stop_reason == "interrupted":
+            raise Interrupted("stopped while judging; every score received is stored. Run the"
+                              " same command again to continue.")
+        scores: dict[str, float | None] = {}
+        for r, item in zip(records, items, strict=True):
+            stored = store.get_response(item.request.key)
+            ok = stored is not None and stored.status == "ok"
+            scores[r["id"]] = parse_judge_score(stored.text or "") if ok else None  # type: ignore[union-attr]
+        return scores
+
+    return judge
+
+
 def write_outputs(spec: Curriculum, renderer: PromptRenderer, store: RunStore, out_dir: Path,
                   limit: int | None, progress: Progress) -> tuple[dict[str, Any], int, int]:
     """Curate the stored answers and write shards, rejects and the manifest.
@@ -326,8 +365,15 @@ def write_outputs(spec: Curriculum, renderer: PromptRenderer, store: RunStore, o
     if spec.curation.enabled:
         from textbook_gen.curate.pipeline import curate
 
-        result = curate(records, spec.curation, out_dir, fmt=fmt, shard_max_records=per_shard,
-                        progress=progress.stage)
+        settings = spec.curation
+        if hasattr(settings, "resolve_paths"):  # benchmark files are relative to the spec
+            settings = settings.resolve_paths(spec.source_path.parent)
+        judge_settings = getattr(settings, "judge", None)
+        judge = (make_judge(spec, store, progress)
+                 if judge_settings is not None and getattr(judge_settings, "enabled", False)
+                 else None)
+        result = curate(records, settings, out_dir, fmt=fmt, shard_max_records=per_shard,
+                        judge=judge, progress=progress.stage)
         shards = [*result.shards, *result.rejects]
         kept = sum(s.records for s in result.shards)
         rejected = sum(s.records for s in result.rejects)

@@ -72,8 +72,8 @@ class RichProgress(RunProgress):
             )
             self._stage_bar.start()
         if name not in self._stages:
-            self._stages[name] = self._stage_bar.add_task(name, total=total)
-        self._stage_bar.update(self._stages[name], completed=done, total=total)
+            self._stages[name] = self._stage_bar.add_task(name, total=total or None)
+        self._stage_bar.update(self._stages[name], completed=done, total=total or None)
 
     def close(self) -> None:
         if self._stage_bar is not None:

@@ -2,15 +2,87 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class CurationSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class Benchmark(_Strict):
+    """A benchmark to decontaminate against: JSONL or Parquet (with a field) or plain text."""
+
+    path: str
+    field: str | None = Field(None, description="JSONL/Parquet field holding the text; "
+                              "default: every string field")
+
+
+class RepetitionSettings(_Strict):
+    """Gopher repetition rules (Rae et al. 2021); a document over any limit is rejected."""
+
+    max_dup_line_fraction: float = Field(0.30, ge=0, le=1)
+    max_dup_paragraph_fraction: float = Field(0.30, ge=0, le=1)
+    max_top_ngram_fraction: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    max_dup_ngram_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 7: 0.13, 10: 0.10})
+
+
+class VerifySettings(_Strict):
+    timeout_s: float = Field(10.0, gt=0, le=600)
+    memory_mb: int = Field(512, ge=32)
+    workers: int | None = Field(None, ge=1, description="default: the number of CPU cores")
+    keep_partial: bool = Field(True, description="keep a document with only its passing "
+                               "exercises; false rejects it if any exercise fails")
+
+
+class JudgeSettings(_Strict):
+    enabled: bool = False
+    min_score: float = Field(3.0, ge=0, le=5)
+    provider: str | None = Field(None, description="default: the spec's model.provider")
+    model: str | None = Field(None, description="default: the spec's model.name")
+    max_tokens: int = Field(300, ge=16)
+
+
+class DedupSettings(_Strict):
+    exact: bool = True
+    near: bool = True
+    shingle_words: int = Field(5, ge=1, le=20)
+    num_perm: int = Field(128, ge=16, le=1024)
+
+
+class CurationSettings(_Strict):
     enabled: bool = True
     min_tokens: int = Field(50, ge=0)
     max_tokens: int | None = Field(None, ge=1)
-    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    reject_truncated: bool = True
+    reject_refusals: bool = True
+    stock_openers: list[str] = Field(default_factory=lambda: [
+        "once upon a time", "as an ai", "sure!", "sure,", "certainly!", "certainly,",
+        "here is", "here's", "in today's", "welcome to", "in conclusion",
+    ])
+    check_structure: bool = True
+    repetition: RepetitionSettings | None = Field(default_factory=RepetitionSettings)
     verify_code: bool = True
-    decontaminate: list[str] = Field(default_factory=list)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    decontaminate: list[Benchmark] = Field(default_factory=list)
+    decontam_ngram: int = Field(13, ge=3, le=50)
+
+    @field_validator("decontaminate", mode="before")
+    @classmethod
+    def _paths_as_benchmarks(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"path": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    def resolve_paths(self, base_dir: Path) -> CurationSettings:
+        """Benchmark paths relative to ``base_dir`` (the spec's folder) made absolute."""
+        benches = [b.model_copy(update={"path": str((base_dir / b.path).resolve())})
+                   for b in self.decontaminate]
+        return self.model_copy(update={"decontaminate": benches})

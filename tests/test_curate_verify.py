@@ -1,0 +1,96 @@
+"""Verified exercises run in a real sandboxed subprocess with limits."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from textbook_gen.curate.exercises import parse_exercises
+from textbook_gen.curate.settings import VerifySettings
+from textbook_gen.curate.verify import run_python, verify_document
+
+S = VerifySettings(timeout_s=5, memory_mb=256)
+
+
+def exercise(solution: str, tests: str, n: int = 1) -> str:
+    return (f"## Exercise {n}\nWrite the function.\n\n### Solution\n```python\n{solution}\n```\n\n"
+            f"### Tests\n```python\n{tests}\n```\n")
+
+
+GOOD = exercise("def add(a, b):\n    return a + b", "assert add(2, 3) == 5\nassert add(-1, 1) == 0")
+WRONG = exercise("def mul(a, b):\n    return a + b", "assert mul(2, 3) == 6", 2)
+
+
+def test_parse_exercises():
+    ex = parse_exercises("Intro\n\n" + GOOD + "\n" + WRONG + "\n## Exercise 3\nWhat is 2+2?\n"
+                         "### Answer\n4\n")
+    assert len(ex) == 3
+    assert ex[0].has_code and "return a + b" in ex[0].solution_code
+    assert ex[2].answer == "4" and not ex[2].has_code
+
+
+def test_correct_exercise_is_verified():
+    v = verify_document(GOOD, S)
+    assert v.keep and v.passed == v.total == 1 and not v.failures
+
+
+def test_wrong_exercise_is_rejected_with_its_failure():
+    v = verify_document(WRONG, S)
+    assert not v.keep and v.passed == 0
+    assert "AssertionError" in v.failures[0]
+
+
+def test_partial_document_keeps_only_passing_exercises():
+    v = verify_document(GOOD + "\n" + WRONG, S)
+    assert v.keep and v.total == 2 and v.passed == 1
+    assert "def add" in v.text and "def mul" not in v.text
+    strict = verify_document(GOOD + "\n" + WRONG, VerifySettings(timeout_s=5, keep_partial=False))
+    assert not strict.keep
+
+
+def test_infinite_loop_is_stopped_by_the_time_limit():
+    r = run_python("while True:\n    pass\n", VerifySettings(timeout_s=1))
+    assert not r.passed and ("timed out" in r.detail or "signal" in r.detail)
+
+
+def test_memory_hog_is_stopped_by_the_memory_limit():
+    r = run_python("x = bytearray(2 * 1024 * 1024 * 1024)\n", S)
+    assert not r.passed and "MemoryError" in r.detail
+
+
+def test_no_network_from_an_exercise():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(3)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def accept():
+        with contextlib.suppress(OSError):  # the timeout: nobody connected, as it should be
+            accepted.append(server.accept())
+
+    t = threading.Thread(target=accept)
+    t.start()
+    r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n",
+                   S)
+    t.join()
+    server.close()
+    assert not r.passed and "network access is blocked" in r.detail
+    assert accepted == []
+
+
+def test_no_file_outside_the_throwaway_directory(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    r = run_python(f"print(open({str(secret)!r}).read())\n", S)
+    assert not r.passed and "no access" in r.detail and "do not read" not in r.detail
+    target = tmp_path / "written.txt"
+    r = run_python(f"open({str(target)!r}, 'w').write('x')\n", S)
+    assert not r.passed and not target.exists()
+    r = run_python("import os\nos.system('touch /tmp/tbg-escape')\n", S)
+    assert not r.passed and "blocked" in r.detail
+    # inside its own folder it may read and write freely
+    assert run_python("open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read()"
+                      " == 'ok'\n", S).passed

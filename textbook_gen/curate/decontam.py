@@ -1,0 +1,97 @@
+"""Decontamination: drop documents that share a word n-gram (13 by default, as in the GPT-3
+and phi-1 reports) with any item of a benchmark the user names; count hits per benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from textbook_gen.curate.dedup import shingle_hashes, word_hashes
+from textbook_gen.curate.settings import Benchmark
+from textbook_gen.errors import ConfigError, TextbookGenError
+
+
+@dataclass
+class BenchmarkIndex:
+    name: str
+    grams: np.ndarray  # sorted n-gram hashes
+    items: np.ndarray  # the benchmark item each n-gram came from
+    indexed: int  # items long enough to hold an n-gram
+    skipped: int  # items shorter than n words
+    hit_documents: int = 0
+    hit_items: set[int] = field(default_factory=set)
+
+
+def benchmark_texts(b: Benchmark) -> Iterator[str]:
+    path = Path(b.path)
+    if not path.is_file():
+        raise ConfigError(f"decontaminate: benchmark file {path} does not exist (paths are "
+                          "relative to the spec file)")
+    name = path.name
+    if name.endswith((".jsonl", ".jsonl.zst", ".json.zst", ".parquet")):
+        from textbook_gen.shards import iter_records
+
+        try:
+            for record in iter_records(path):
+                if b.field is not None:
+                    if b.field not in record:
+                        raise ConfigError(f"decontaminate: {path} has a record without the "
+                                          f"field {b.field!r}; fields seen: {', '.join(record)}")
+                    yield str(record[b.field])
+                else:
+                    yield "\n".join(v for v in record.values() if isinstance(v, str))
+        except TextbookGenError as e:
+            raise ConfigError(f"decontaminate: {e}") from None
+    else:
+        with open(path, encoding="utf-8") as f:
+            yield from (line for line in f if line.strip())
+
+
+class Decontaminator:
+    def __init__(self, benchmarks: list[Benchmark], n: int = 13):
+        self.n = n
+        self.indexes = [self._index(b) for b in benchmarks]
+
+    def _index(self, b: Benchmark) -> BenchmarkIndex:
+        grams, items, skipped, indexed = [], [], 0, 0
+        for i, text in enumerate(benchmark_texts(b)):
+            words = word_hashes(text)
+            if len(words) < self.n:
+                skipped += 1
+                continue
+            g = shingle_hashes(words, self.n)
+            grams.append(g)
+            items.append(np.full(len(g), i, dtype=np.int64))
+            indexed += 1
+        all_grams = np.concatenate(grams) if grams else np.zeros(0, np.uint64)
+        all_items = np.concatenate(items) if items else np.zeros(0, np.int64)
+        order = np.argsort(all_grams, kind="stable")
+        return BenchmarkIndex(Path(b.path).name, all_grams[order], all_items[order], indexed,
+                              skipped)
+
+    def check(self, text: str) -> list[str]:
+        """Names of the benchmarks this text shares an n-gram with (and count the hit)."""
+        words = word_hashes(text)
+        if len(words) < self.n or not self.indexes:
+            return []
+        doc = shingle_hashes(words, self.n)
+        hits = []
+        for idx in self.indexes:
+            if len(idx.grams) == 0:
+                continue
+            pos = np.searchsorted(idx.grams, doc)
+            pos[pos == len(idx.grams)] = 0
+            found = idx.grams[pos] == doc
+            if found.any():
+                idx.hit_documents += 1
+                idx.hit_items.update(int(x) for x in idx.items[pos[found]])
+                hits.append(idx.name)
+        return hits
+
+    def report(self) -> dict[str, dict[str, int]]:
+        return {i.name: {"documents_removed": i.hit_documents, "items_hit": len(i.hit_items),
+                         "items_indexed": i.indexed, "items_too_short": i.skipped}
+                for i in self.indexes}

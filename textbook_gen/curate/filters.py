@@ -1,0 +1,182 @@
+"""Per-document quality filters, first stage of curation.
+
+Each filter is a small class with a ``name`` and ``filter(record) -> True | (False, reason)``
+(the datatrove shape); the pipeline counts and records every rejection with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+from textbook_gen.curate.exercises import parse_exercises
+from textbook_gen.curate.settings import CurationSettings, RepetitionSettings
+from textbook_gen.tokens import count_tokens
+
+Verdict = bool | tuple[bool, str]
+Record = dict[str, Any]
+
+REFUSAL_PHRASES = (
+    "i'm sorry, but i can", "i am sorry, but i can", "i cannot help with", "i can't help with",
+    "i can't assist with", "i cannot assist with", "as an ai language model",
+    "i'm unable to", "i am unable to", "i won't be able to",
+)
+_HEADING = re.compile(r"^#{1,6}\s+\S", re.M)
+_WORD = re.compile(r"\w+")
+
+
+class Filter:
+    name: str = "filter"
+
+    def filter(self, record: Record) -> Verdict:
+        raise NotImplementedError
+
+
+class LengthFilter(Filter):
+    name = "length"
+
+    def __init__(self, min_tokens: int, max_tokens: int | None):
+        self.min_tokens, self.max_tokens = min_tokens, max_tokens
+
+    def filter(self, record: Record) -> Verdict:
+        tokens = count_tokens(record.get("text", ""))
+        record.setdefault("quality", {})["tokens"] = tokens
+        if tokens < self.min_tokens:
+            return False, f"too_short ({tokens} < {self.min_tokens} tokens)"
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            return False, f"too_long ({tokens} > {self.max_tokens} tokens)"
+        return True
+
+
+class TruncatedFilter(Filter):
+    name = "truncated"
+
+    def filter(self, record: Record) -> Verdict:
+        if (record.get("provenance") or {}).get("finish_reason") == "length":
+            return False, "truncated (the model hit max_tokens)"
+        return True
+
+
+class RefusalFilter(Filter):
+    name = "refusal"
+
+    def filter(self, record: Record) -> Verdict:
+        reason = (record.get("provenance") or {}).get("finish_reason")
+        if reason in ("refusal", "content_filter"):
+            return False, f"refusal (finish_reason {reason})"
+        head = record.get("text", "")[:300].lower().replace("\u2019", "'")
+        for phrase in REFUSAL_PHRASES:
+            if phrase in head:
+                return False, f"refusal (starts with {phrase!r})"
+        return True
+
+
+class StockOpenerFilter(Filter):
+    """Stock openers are the first sign of sameness ("Once upon a time" began 59% of TinyStories)."""
+
+    name = "stock_opener"
+
+    def __init__(self, openers: list[str]):
+        self.openers = tuple(o.lower() for o in openers)
+
+    def filter(self, record: Record) -> Verdict:
+        text = record.get("text", "").lstrip("#* \n\t").lower().replace("\u2019", "'")
+        for opener in self.openers:
+            if text.startswith(opener):
+                return False, f"stock_opener ({opener!r})"
+        return True
+
+
+class StructureFilter(Filter):
+    """A chapter has a Markdown heading; an exercises document has complete exercises."""
+
+    name = "structure"
+
+    def filter(self, record: Record) -> Verdict:
+        kind, text = record.get("kind"), record.get("text", "")
+        if kind == "chapter" and not _HEADING.search(text):
+            return False, "structure (chapter without a Markdown heading)"
+        if kind == "exercises":
+            exercises = parse_exercises(text)
+            if not exercises:
+                return False, "structure (no '## Exercise' sections)"
+            complete = [e for e in exercises if e.has_code or e.answer]
+            if not complete:
+                return False, "structure (no exercise has a solution with tests, or an answer)"
+        return True
+
+
+class RepetitionFilter(Filter):
+    """Gopher repetition rules: duplicate lines/paragraphs and n-gram concentration."""
+
+    name = "repetition"
+
+    def __init__(self, s: RepetitionSettings):
+        self.s = s
+
+    def filter(self, record: Record) -> Verdict:
+        text = record.get("text", "")
+        lines = [x.strip() for x in text.splitlines() if x.strip()]
+        if lines and _dup_fraction(lines) > self.s.max_dup_line_fraction:
+            return False, f"repetition (duplicate lines {_dup_fraction(lines):.2f})"
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+        if len(paragraphs) > 1 and _dup_fraction(paragraphs) > self.s.max_dup_paragraph_fraction:
+            return False, f"repetition (duplicate paragraphs {_dup_fraction(paragraphs):.2f})"
+        words = _WORD.findall(text.lower())
+        total_chars = sum(len(w) for w in words) or 1
+        for n, limit in sorted(self.s.max_top_ngram_fraction.items()):
+            share = _top_ngram_share(words, n, total_chars)
+            if share > limit:
+                return False, f"repetition (top {n}-gram covers {share:.2f} of characters)"
+        for n, limit in sorted(self.s.max_dup_ngram_fraction.items()):
+            share = _dup_ngram_share(words, n, total_chars)
+            if share > limit:
+                return False, f"repetition (duplicated {n}-grams cover {share:.2f} of characters)"
+        return True
+
+
+def _dup_fraction(items: list[str]) -> float:
+    counts = Counter(items)
+    return sum(c for c in counts.values() if c > 1) / len(items)
+
+
+def _top_ngram_share(words: list[str], n: int, total_chars: int) -> float:
+    if len(words) < n:
+        return 0.0
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    gram, count = counts.most_common(1)[0]
+    if count < 2:
+        return 0.0
+    return sum(len(w) for w in gram) * count / total_chars
+
+
+def _dup_ngram_share(words: list[str], n: int, total_chars: int) -> float:
+    """Characters inside n-grams that occur more than once, each character counted once."""
+    if len(words) < n:
+        return 0.0
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    counts = Counter(grams)
+    covered = [False] * len(words)
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            for j in range(i, i + n):
+                covered[j] = True
+    return sum(len(w) for w, c in zip(words, covered, strict=True) if c) / total_chars
+
+
+def default_filters(s: CurationSettings) -> list[Filter]:
+    """The filters a settings object turns on, cheapest first."""
+    filters: list[Filter] = []
+    if s.reject_truncated:
+        filters.append(TruncatedFilter())
+    if s.reject_refusals:
+        filters.append(RefusalFilter())
+    filters.append(LengthFilter(s.min_tokens, s.max_tokens))
+    if s.stock_openers:
+        filters.append(StockOpenerFilter(s.stock_openers))
+    if s.check_structure:
+        filters.append(StructureFilter())
+    if s.repetition is not None:
+        filters.append(RepetitionFilter(s.repetition))
+    return filters

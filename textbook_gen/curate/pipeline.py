@@ -1,0 +1,269 @@
+"""The curation pipeline: filters -> verify -> judge -> dedup -> decontaminate -> shards.
+
+Two passes over the corpus. Pass 1 streams records through the per-document stages and
+spools survivors to a compressed temporary file while the deduplicator keeps only hashes
+and MinHash digests; pass 2 streams the spool again, drops duplicates and contaminated
+documents, and writes the kept records. Memory follows the number of documents times a
+few hundred bytes, not their text. Every rejected record is written with its reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from textbook_gen.curate.decontam import Decontaminator
+from textbook_gen.curate.dedup import Deduplicator
+from textbook_gen.curate.filters import Filter, default_filters
+from textbook_gen.curate.settings import CurationSettings
+from textbook_gen.curate.verify import verify_records
+from textbook_gen.shards import ShardInfo, ShardWriter, dumps, iter_records, write_manifest
+
+Record = dict[str, Any]
+Judge = Callable[[list[Record]], dict[str, float | None]]
+Progress = Callable[[str, int, int], None]
+CHUNK = 512
+
+
+@dataclass
+class StageCount:
+    seen: int = 0
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in": self.seen, "kept": self.kept, "dropped": dict(self.dropped)}
+
+
+@dataclass
+class CurationResult:
+    shards: list[ShardInfo]
+    rejects: list[ShardInfo]
+    counts: dict[str, StageCount]
+    decontamination: dict[str, dict[str, int]]
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"stages": {k: v.to_dict() for k, v in self.counts.items()},
+                "decontamination": self.decontamination,
+                "kept": sum(s.records for s in self.shards),
+                "rejected": sum(s.records for s in self.rejects)}
+
+
+class _Curation:
+    def __init__(self, settings: CurationSettings, out_dir: Path, fmt: str, per_shard: int,
+                 judge: Judge | None, progress: Progress | None):
+        self.s = settings
+        self.out_dir = out_dir
+        self.judge = judge if settings.judge.enabled else None
+        self.progress = progress or (lambda stage, done, total: None)
+        self.filters: list[Filter] = default_filters(settings)
+        self.counts = {name: StageCount() for name in
+                       ("filters", "verify", "judge", "dedup", "decontaminate")}
+        self.rejects = ShardWriter(out_dir, subdir="rejects", prefix="rejects", fmt=fmt,
+                                   max_records=per_shard)
+        self.kept = ShardWriter(out_dir, fmt=fmt, max_records=per_shard)
+        d = settings.dedup
+        self.dedup = Deduplicator(settings.near_dup_threshold, num_perm=d.num_perm,
+                                  shingle_words=d.shingle_words, exact=d.exact, near=d.near)
+        self.decontam = Decontaminator(settings.decontaminate, settings.decontam_ngram)
+        self.ids: list[str] = []  # of the survivors of pass 1, in spool order
+
+    # -- rejection bookkeeping
+    def _reject(self, record: Record, stage: str, reason: str, detail: str = "") -> None:
+        self.counts[stage].dropped[reason.split(" (")[0]] += 1
+        self.rejects.write({**record, "rejected": {"stage": stage, "reason": reason,
+                                                   "detail": detail}})
+
+    # -- pass 1: per-document stages, survivors to the spool
+    def first_pass(self, records: Iterable[Record], spool: io.BufferedWriter) -> int:
+        import zstandard
+
+        writer = zstandard.ZstdCompressor(level=3).stream_writer(spool, closefd=False)
+        done = survivors = 0
+        it = iter(records)
+        while chunk := list(islice(it, CHUNK)):
+            for record in self._per_document(chunk):
+                self.dedup.add(record.get("text", ""), self._rank(record))
+                self.ids.append(str(record.get("id", survivors)))
+                writer.write((dumps(record) + "\n").encode("utf-8"))
+                survivors += 1
+            done += len(chunk)
+            self.progress("curate", done, 0)
+        writer.close()
+        return survivors
+
+    def _per_document(self, chunk: list[Record]) -> list[Record]:
+        out = []
+        c = self.counts["filters"]
+        for record in chunk:
+            record.setdefault("quality", {})
+            c.seen += 1
+            for f in self.filters:
+                verdict = f.filter(record)
+                ok, reason = (verdict, f.name) if isinstance(verdict, bool) else verdict
+                if not ok:
+                    self._reject(record, "filters", reason)
+                    break
+            else:
+                c.kept += 1
+                out.append(record)
+        if self.s.verify_code:
+            out = self._verify(out)
+        if self.judge is not None:
+            out = self._judge(out)
+        return out
+
+    def _verify(self, records: list[Record]) -> list[Record]:
+        c = self.counts["verify"]
+        checkable = [r for r in records if "```" in r.get("text", "")]
+        verdicts = dict(zip((id(r) for r in checkable), verify_records(checkable, self.s.verify),
+                            strict=True))
+        out = []
+        for r in records:
+            c.seen += 1
+            v = verdicts.get(id(r))
+            q = r["quality"]
+            if v is None:
+                q.setdefault("verified", None)
+            elif not v.keep:
+                q.update(verified=False, exercises_total=v.total, exercises_passed=v.passed)
+                self._reject(r, "verify", f"exercise_failed ({v.total - v.passed} of {v.total})",
+                             "\n\n".join(v.failures)[:4000])
+                continue
+            else:
+                q.update(verified=True, exercises_total=v.total, exercises_passed=v.passed)
+                if v.text != r["text"]:
+                    q["exercises_removed"] = v.total - v.passed
+                    r["text"] = v.text
+            c.kept += 1
+            out.append(r)
+        return out
+
+    def _judge(self, records: list[Record]) -> list[Record]:
+        c = self.counts["judge"]
+        scores = self.judge(records) if records and self.judge else {}
+        out = []
+        for r in records:
+            c.seen += 1
+            score = scores.get(r.get("id", ""))
+            r["quality"]["judge_score"] = score
+            if score is None:
+                self._reject(r, "judge", "judge_unscored", "the judge's answer had no score")
+            elif score < self.s.judge.min_score:
+                self._reject(r, "judge", f"judge_score ({score} < {self.s.judge.min_score})")
+            else:
+                c.kept += 1
+                out.append(r)
+        return out
+
+    @staticmethod
+    def _rank(r: Record) -> tuple[float, ...]:
+        q = r.get("quality") or {}
+        score = q.get("judge_score")
+        return (score if score is not None else -1.0, 1.0 if q.get("verified") else 0.0,
+                float(q.get("tokens") or len(r.get("text", ""))))
+
+    # -- between the passes: duplicates
+    def find_duplicates(self, spool_path: Path) -> tuple[dict[int, Any], dict[int, int]]:
+        pairs = self.dedup.candidates()
+
+        def texts(indexes: list[int]) -> dict[int, str]:
+            wanted, out = set(indexes), {}
+            for i, record in enumerate(_read_spool(spool_path)):
+                if i in wanted:
+                    out[i] = record.get("text", "")
+            return out
+
+        dropped, sizes = self.dedup.finish(pairs, texts)
+        return {d.index: d for d in dropped}, sizes
+
+    # -- pass 2: duplicates and contamination out, the rest to shards
+    def second_pass(self, spool_path: Path, total: int, dropped: dict[int, Any],
+                    sizes: dict[int, int]) -> None:
+        dd, dc = self.counts["dedup"], self.counts["decontaminate"]
+        for i, record in enumerate(_read_spool(spool_path)):
+            dd.seen += 1
+            dup = dropped.get(i)
+            if dup is not None:
+                self._reject(record, "dedup",
+                             f"{'exact' if dup.exact else 'near'}_duplicate of {self.ids[dup.kept]}")
+                continue
+            dd.kept += 1
+            if i in sizes:
+                record["quality"]["dup_cluster"] = f"{record.get('id', i)}~{sizes[i]}"
+            dc.seen += 1
+            hits = self.decontam.check(record.get("text", ""))
+            if hits:
+                self._reject(record, "decontaminate", f"contaminated ({', '.join(hits)})")
+                continue
+            dc.kept += 1
+            self.kept.write(record)
+            self.progress("write", i + 1, total)
+
+
+def _read_spool(path: Path) -> Iterator[Record]:
+    import zstandard
+
+    with open(path, "rb") as f:
+        reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), encoding="utf-8")
+        for line in reader:
+            yield json.loads(line)
+
+
+def curate(records: Iterable[Record], settings: CurationSettings, out_dir: Path, *,
+           fmt: str = "jsonl.zst", shard_max_records: int = 10_000, judge: Judge | None = None,
+           progress: Progress | None = None) -> CurationResult:
+    """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = _Curation(settings, out_dir, fmt, shard_max_records, judge, progress)
+    spool_path = out_dir / ".curate-spool.jsonl.zst"
+    try:
+        with open(spool_path, "wb") as spool:
+            total = c.first_pass(records, spool)
+        dropped, sizes = c.find_duplicates(spool_path)
+        c.second_pass(spool_path, total, dropped, sizes)
+    finally:
+        spool_path.unlink(missing_ok=True)
+    return CurationResult(c.kept.close(), c.rejects.close(), c.counts, c.decontam.report())
+
+
+def _with_ids(paths: list[Path]) -> Iterator[Record]:
+    seen: defaultdict[str, int] = defaultdict(int)
+    for path in paths:
+        for n, record in enumerate(iter_records(path), 1):
+            if "text" not in record or not isinstance(record["text"], str):
+                from textbook_gen.errors import TextbookGenError
+
+                raise TextbookGenError(f"{path}: record {n} has no 'text' string field; "
+                                       "each record needs one")
+            rid = str(record.get("id") or f"{path.name}:{n}")
+            seen[rid] += 1
+            record["id"] = rid if seen[rid] == 1 else f"{rid}#{seen[rid]}"
+            yield record
+
+
+def curate_corpus(inputs: list[Path], out_dir: Path, settings: CurationSettings, *,
+                  fmt: str = "jsonl.zst", shard_max_records: int = 10_000,
+                  progress: Progress | None = None) -> CurationResult:
+    """``textbook-gen curate``: the same stages on any JSONL/Parquet corpus (no judge)."""
+    out_dir = Path(out_dir)
+    for sub in ("shards", "rejects"):
+        for old in (out_dir / sub).glob("*") if (out_dir / sub).is_dir() else ():
+            old.unlink()
+    (out_dir / "manifest.json").unlink(missing_ok=True)
+    result = curate(_with_ids([Path(p) for p in inputs]), settings, out_dir, fmt=fmt,
+                    shard_max_records=shard_max_records, progress=progress)
+    write_manifest(out_dir, {
+        "inputs": [str(p) for p in inputs],
+        "settings": settings.model_dump(mode="json"),
+        "curation": result.to_manifest(),
+        "shards": [s.to_dict() for s in [*result.shards, *result.rejects]],
+    })
+    return result
