@@ -454,7 +454,9 @@ class FakeAPI:
 
     def _text_for(self, body: dict, anthropic: bool) -> str:
         if self.responder is not None:
-            return self.responder(body)
+            text = self.responder(body)
+            if text is not None:  # None: fall back to the default text
+                return text
         key = [body.get("messages"), body.get("system")] if anthropic else body.get("messages")
         return default_text(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest())
 

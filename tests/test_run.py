@@ -117,3 +117,26 @@ def test_run_on_the_bundled_local_model(write_spec, tmp_path):
     assert records[0]["provenance"]["model"].endswith(".gguf")
     again = run_curriculum(load_curriculum(path), out_dir=tmp_path / "o", limit=2)
     assert again.stats.cached == 2 and again.stats.sent == 0
+
+
+def test_judge_runs_through_the_engine_and_store(api_env, write_spec, tmp_path):
+    from fakeapi import FakeAPI
+
+    def responder(body):
+        prompt = body["messages"][-1]["content"]
+        if "Educational score" in prompt:
+            return "Clear and correct. Educational score: 4"
+        return None  # the default textbook prose
+
+    path = write_spec(SMALL_SPEC.replace("curation:\n  enabled: false",
+                                         "curation:\n  min_tokens: 20\n  judge: {enabled: true}"))
+    with FakeAPI(responder=responder) as server:
+        spec = _spec(path, server.url)
+        result = run_curriculum(spec, out_dir=tmp_path / "o")
+        assert server.count() == 12  # 6 chapters + 6 judge calls
+        records = list(iter_records(tmp_path / "o"))
+        assert result.records == 6 and all(r["quality"]["judge_score"] == 4 for r in records)
+        manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+        assert manifest["curation"]["stages"]["judge"]["kept"] == 6
+        run_curriculum(spec, out_dir=tmp_path / "o")
+        assert server.count() == 12  # scores are stored too: nothing sent again

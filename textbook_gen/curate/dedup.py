@@ -11,21 +11,62 @@ for the candidate documents alone when confirming.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-_WORD = re.compile(r"\w+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier for combining word hashes
+_P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible modulo 2**64
+_P_INV = np.uint64(pow(0x100000001B3, -1, 2**64))
 SEED = 1729
+
+# word characters: ASCII letters and digits, '_' and every byte of a multi-byte UTF-8 letter
+_WORDCHAR = np.zeros(256, dtype=bool)
+for _c in b"0123456789abcdefghijklmnopqrstuvwxyz_":
+    _WORDCHAR[_c] = True
+_WORDCHAR[128:] = True
+_powers: dict[str, np.ndarray] = {"p": np.ones(1, np.uint64), "inv": np.ones(1, np.uint64)}
+
+
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(_powers["p"]) < n:
+        size = max(n, 2 * len(_powers["p"]))
+        with np.errstate(over="ignore"):
+            for name, base in (("p", _P), ("inv", _P_INV)):
+                factors = np.full(size, base, np.uint64)
+                factors[0] = 1
+                _powers[name] = np.cumprod(factors, dtype=np.uint64)  # base**0 .. base**(size-1)
+    return _powers["p"][:n], _powers["inv"][:n]
+
+
+def chunk_word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of the lower-cased words of many texts at once, and each text's word
+    offsets. Vectorised polynomial hashing over the UTF-8 bytes: no Python loop per word."""
+    data = np.frombuffer("\x00".join(texts).lower().encode("utf-8"), dtype=np.uint8)
+    edges = np.diff(_WORDCHAR[data].astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    powers, inverse = _power_tables(len(data) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.concatenate([np.zeros(1, np.uint64),
+                                 np.cumsum((data.astype(np.uint64) + np.uint64(1)) * powers[:len(data)],
+                                           dtype=np.uint64)])
+        h = (prefix[ends] - prefix[starts]) * inverse[starts]
+        h ^= h >> np.uint64(31)  # splitmix64 finaliser: spread the bits
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+    # which text each word belongs to: texts are separated by one NUL byte
+    lengths = np.fromiter((len(t.encode("utf-8")) + 1 for t in texts), dtype=np.int64,
+                          count=len(texts)) if len(texts) > 1 else np.array([len(data) + 1])
+    text_ends = np.cumsum(lengths)
+    owner = np.searchsorted(text_ends, starts, side="right")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(texts)))])
+    return h, offsets
 
 
 def word_hashes(text: str) -> np.ndarray:
-    """64-bit hashes of the lower-cased words (stable within one process)."""
-    words = _WORD.findall(text.lower())
-    return np.fromiter((hash(w) for w in words), dtype=np.int64, count=len(words)).view(np.uint64)
+    """64-bit hashes of the lower-cased words of one text (same values as in a chunk)."""
+    return chunk_word_hashes([text])[0]
 
 
 def shingle_hashes(words: np.ndarray, k: int) -> np.ndarray:
@@ -64,13 +105,11 @@ class Signatures:
     k: int
     rows: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, shingle_sets: list[np.ndarray]) -> None:
+    def add_flat(self, flat: np.ndarray, counts: np.ndarray) -> None:
+        """Digests of documents whose shingle hashes lie back to back in ``flat``."""
         from rensa import RMinHash
 
-        lengths = np.fromiter((len(s) for s in shingle_sets), dtype=np.uint64,
-                              count=len(shingle_sets))
-        offsets = np.concatenate([np.zeros(1, np.uint64), np.cumsum(lengths, dtype=np.uint64)])
-        flat = np.concatenate(shingle_sets) if shingle_sets else np.zeros(0, np.uint64)
+        offsets = np.concatenate([np.zeros(1, np.uint64), np.cumsum(counts, dtype=np.uint64)])
         matrix = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, self.num_perm, SEED)
         self.rows.append(np.array(matrix.to_rows(), dtype=np.uint32))
 
@@ -154,13 +193,13 @@ class Deduplicator:
     """
 
     def __init__(self, threshold: float, *, num_perm: int = 128, shingle_words: int = 5,
-                 exact: bool = True, near: bool = True, chunk: int = 2048):
+                 exact: bool = True, near: bool = True, chunk: int = 256):
         self.threshold, self.k = threshold, shingle_words
         self.exact, self.near = exact, near
         self.signatures = Signatures(num_perm, shingle_words)
         self._exact_first: dict[bytes, int] = {}
         self._exact_edges: list[tuple[int, int, float]] = []
-        self._pending: list[np.ndarray] = []
+        self._pending: list[str] = []
         self._near_index: list[int] = []  # document index of each signature row
         self.ranks: list[tuple[float, ...]] = []
         self._chunk = chunk
@@ -168,23 +207,40 @@ class Deduplicator:
     def add(self, text: str, rank: tuple[float, ...] = ()) -> int:
         index = len(self.ranks)
         self.ranks.append(rank)
-        words = word_hashes(text)
-        if self.exact:
-            first = self._exact_first.setdefault(exact_key(words), index)
-            if first != index:
-                self._exact_edges.append((first, index, 1.0))
-                return index  # its exact twin stands for it in the near-duplicate search
-        if self.near:
-            self._pending.append(shingle_hashes(words, self.k))
-            self._near_index.append(index)
-            if len(self._pending) >= self._chunk:
-                self._flush()
+        self._pending.append(text)
+        if len(self._pending) >= self._chunk:
+            self._flush()
         return index
 
     def _flush(self) -> None:
-        if self._pending:
-            self.signatures.add(self._pending)
-            self._pending = []
+        """Hash a chunk of texts at once: exact keys, then shingles of the non-copies."""
+        if not self._pending:
+            return
+        first_index = len(self.ranks) - len(self._pending)
+        words, offsets = chunk_word_hashes(self._pending)
+        self._pending = []
+        near = np.ones(len(offsets) - 1, dtype=bool)
+        if self.exact:
+            for j in range(len(near)):
+                index = first_index + j
+                first = self._exact_first.setdefault(exact_key(words[offsets[j]:offsets[j + 1]]),
+                                                     index)
+                if first != index:  # its exact twin stands for it in the near search
+                    self._exact_edges.append((first, index, 1.0))
+                    near[j] = False
+        if not self.near or not near.any():
+            return
+        k = self.k
+        owner = np.repeat(np.arange(len(near)), np.diff(offsets))
+        with np.errstate(over="ignore"):
+            acc = words[: max(0, len(words) - k + 1)].copy()
+            for j in range(1, k):
+                acc = acc * _MULT + words[j: len(words) - k + 1 + j]
+        start_owner = owner[: len(acc)]
+        keep = (start_owner == owner[k - 1:k - 1 + len(acc)]) & near[start_owner]
+        counts = np.bincount(start_owner[keep], minlength=len(near))[near]
+        self.signatures.add_flat(acc[keep], counts)
+        self._near_index.extend(int(first_index + j) for j in np.flatnonzero(near))
 
     def candidates(self) -> np.ndarray:
         """Candidate pairs as document indexes (call before ``finish``)."""
