@@ -140,3 +140,18 @@ def test_judge_runs_through_the_engine_and_store(api_env, write_spec, tmp_path):
         assert manifest["curation"]["stages"]["judge"]["kept"] == 6
         run_curriculum(spec, out_dir=tmp_path / "o")
         assert server.count() == 12  # scores are stored too: nothing sent again
+
+
+def test_plan_counts_stored_answers_and_their_cost(fake_api, api_env, write_spec, tmp_path):
+    from textbook_gen.run import plan
+
+    spec = _spec(write_spec(), fake_api.url)
+    before = plan(spec, out_dir=tmp_path / "o", show=1)
+    assert before.jobs == 6 and before.stored == 0 and before.spent_usd == 0
+    assert before.cost(1.0) > before.cost(0.5) > 0
+    assert "[user]" in before.examples[0][1]
+    run_curriculum(spec, out_dir=tmp_path / "o", limit=4)
+    after = plan(spec, out_dir=tmp_path / "o")
+    assert after.stored == 4 and after.to_send == 2 and after.spent_usd > 0
+    assert after.cost(1.0) == pytest.approx(before.cost(1.0) / 3, rel=0.2)
+    assert fake_api.count() == 4  # planning sends nothing

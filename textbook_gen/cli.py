@@ -109,11 +109,11 @@ def plan(
         out.print(prompt, markup=False, highlight=False)
     t = Table(title=f"plan: {s.name} on {s.model.provider}/{s.model.name}", show_header=False)
     t.add_row("jobs", f"{p.jobs:,}  ({', '.join(f'{k}: {v:,}' for k, v in p.by_kind.items())})")
-    t.add_row("already stored", f"{p.stored:,}  (not sent again)")
+    t.add_row("already stored", f"{p.stored:,}  (not sent again; they cost {money(p.spent_usd)})")
     t.add_row("requests to send", f"{p.to_send:,}")
     t.add_row("input tokens (est.)", f"{p.input_tokens:,}")
     t.add_row("output tokens (max)", f"{p.max_output_tokens:,}")
-    t.add_row("cost if outputs use max_tokens", money(p.cost(1.0)))
+    t.add_row("cost to finish if outputs use max_tokens", money(p.cost(1.0)))
     t.add_row("cost if outputs use half", money(p.cost(0.5)))
     if p.price is not None and p.price.input:
         t.add_row("cost with batch API (max)", money((p.cost(1.0) or 0) / 2))

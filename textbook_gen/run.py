@@ -93,6 +93,7 @@ class Plan:
     input_tokens: int
     max_output_tokens: int
     stored: int  # already answered in the run store: will not be sent again
+    spent_usd: float  # what the stored answers cost
     price: ModelPrice | None
     examples: list[tuple[Job, str]]  # (job, rendered prompt) for --show
 
@@ -117,6 +118,7 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
     by_kind: dict[str, int] = {}
     examples: list[tuple[Job, str]] = []
     n = inp = out = stored = 0
+    spent = store.totals()["cost_usd"] if store is not None else 0.0
     try:
         for job in jobs(spec, limit):
             req = renderer.render(job)
@@ -132,7 +134,7 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
     finally:
         if store is not None:
             store.close()
-    return Plan(n, by_kind, inp, out, stored, spec_price(spec), examples)
+    return Plan(n, by_kind, inp, out, stored, spent, spec_price(spec), examples)
 
 
 # ----------------------------------------------------------------------------- run
