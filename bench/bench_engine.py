@@ -46,7 +46,17 @@ class Server:
 
 
 def write_spec(folder: Path, jobs: int, concurrency: int) -> Path:
-    topics = ", ".join(f"topic {i}" for i in range(jobs))
+    """A curriculum of ``jobs`` jobs. Large ones are built as real ones are, by cross products
+    (topics x 4 audiences x 5 styles x 5 samples), so the spec file itself stays small."""
+    if jobs % 100 == 0 and jobs >= 1000:
+        topics = ", ".join(f"topic {i}" for i in range(jobs // 100))
+        axes = ("audiences: [children, teenagers, adults, experts]\n"
+                "styles: [textbook, story, dialogue, lecture, field guide]\n")
+        doc = "{kind: chapter, template: chapter.md.j2, per: [topic, audience, style], samples: 5}"
+    else:
+        topics = ", ".join(f"topic {i}" for i in range(jobs))
+        axes = ""
+        doc = "{kind: chapter, template: chapter.md.j2, per: [topic]}"
     path = folder / "bench.yaml"
     path.write_text(textwrap.dedent(f"""\
         name: bench
@@ -54,9 +64,9 @@ def write_spec(folder: Path, jobs: int, concurrency: int) -> Path:
         model: {{provider: openai, name: gpt-4o-mini, max_tokens: 200}}
         engine: {{concurrency: {concurrency}}}
         subjects: [{{name: Bench, topics: [{topics}]}}]
-        documents: [{{kind: chapter, template: chapter.md.j2, per: [topic]}}]
+        documents: [{doc}]
         curation: {{enabled: false}}
-        """))
+        """) + axes)
     return path
 
 

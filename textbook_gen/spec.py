@@ -87,7 +87,7 @@ class Subject(_Strict):
 class DocumentSpec(_Strict):
     kind: str = Field(pattern=SLUG)
     template: str = Field(min_length=1)
-    per: list[Axis] = Field(default_factory=lambda: ["topic", "audience", "style"], min_length=1)  # type: ignore[arg-type]
+    per: list[Axis] = Field(default_factory=lambda: ["topic", "audience", "style"], min_length=1)
     samples: int = Field(1, ge=1, le=100_000)
     max_tokens: int | None = Field(None, ge=1, le=200_000)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -116,8 +116,8 @@ class Curriculum(_Strict):
     name: str = Field(pattern=SLUG)
     description: str = ""
     seed: int = 0
-    model: ModelSettings = Field(default_factory=ModelSettings)  # type: ignore[arg-type]
-    engine: EngineSettings = Field(default_factory=EngineSettings)  # type: ignore[arg-type]
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     audiences: list[str] = Field(default_factory=lambda: ["general readers"], min_length=1)
     styles: list[str] = Field(default_factory=lambda: ["textbook"], min_length=1)
     subjects: list[Subject] = Field(min_length=1)
@@ -125,8 +125,8 @@ class Curriculum(_Strict):
     templates: str | None = None
     seed_words: Annotated[int, Field(ge=0, le=20)] = 3
     variables: dict[str, Any] = Field(default_factory=dict, description="extra template variables")
-    curation: CurationSettings = Field(default_factory=CurationSettings)  # type: ignore[arg-type]
-    output: OutputSettings = Field(default_factory=OutputSettings)  # type: ignore[arg-type]
+    curation: CurationSettings = Field(default_factory=CurationSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
     prices: dict[str, Price] = Field(default_factory=dict)
 
     _source: Path = PrivateAttr(default=Path("<memory>"))

@@ -12,10 +12,7 @@ from textbook_gen.providers.base import (
     RateLimitInfo,
     Request,
     Response,
-    json_body,
-    raw_response_type,
-    sdk_error_message,
-    status_error,
+    post_json,
 )
 from textbook_gen.spec import ModelSettings
 
@@ -39,7 +36,6 @@ class AnthropicProvider(Provider):
         self.client = anthropic.AsyncAnthropic(
             api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
         )
-        self._raw = raw_response_type(anthropic)
 
     @classmethod
     def check_key(cls, settings: ModelSettings) -> None:
@@ -65,22 +61,8 @@ class AnthropicProvider(Provider):
         import anthropic
 
         started = time.monotonic()
-        try:
-            raw: Any = await self.client.post(
-                "/v1/messages", cast_to=self._raw, body=self.request_body(request)
-            )
-        except anthropic.APIStatusError as e:
-            raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
-        except anthropic.APITimeoutError:
-            raise ProviderError("request timed out", retryable=True, kind="timeout") from None
-        except anthropic.APIConnectionError as e:
-            raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
-                                kind="connection") from None
-        message = json_body(raw)
-        if not isinstance(message, dict):
-            raise ProviderError(f"unexpected response body: {str(message)[:120]!r}",
-                                kind="bad_body")
-        return parse_message(message, time.monotonic() - started, _limits(raw.headers))
+        data, headers = await post_json(self.client, anthropic, "/v1/messages", self.request_body(request))
+        return parse_message(data, time.monotonic() - started, _limits(headers))
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -170,24 +170,32 @@ def sdk_error_message(e: Any) -> str:
     return f"HTTP {e.status_code}: {getattr(e, 'message', e)}"
 
 
-def raw_response_type(sdk: Any) -> type:
-    """The HTTP response class an official SDK returns for ``cast_to`` (httpx2 or httpx).
+async def post_json(client: Any, sdk: Any, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """POST through an official SDK client; return the decoded JSON body and the headers.
 
-    Posting with ``cast_to=<that class>`` keeps the SDK's transport, auth, headers and
-    error mapping but skips its typed request transform and response model construction,
-    which cost more CPU than everything else in a run (see bench/bench_engine.py).
+    Posting with ``cast_to=<the SDK's HTTP response class>`` keeps the SDK's transport, auth,
+    headers and exception classes but skips its typed request transform and response model
+    construction, which cost more CPU than everything else in a run (bench/bench_engine.py).
+    Both SDKs share the exception names mapped here.
     """
-    base = sdk._base_client
-    module = getattr(base, "httpx2", None) or base.httpx
-    return module.Response  # type: ignore[no-any-return]
-
-
-def json_body(raw: Any) -> Any:
-    """Decode a response body; a non-JSON body is a ProviderError that says what came back."""
     from textbook_gen.errors import ProviderError
 
+    base = sdk._base_client
+    raw_type = (getattr(base, "httpx2", None) or base.httpx).Response
     try:
-        return json.loads(raw.content)
+        raw = await client.post(path, cast_to=raw_type, body=body)
+    except sdk.APIStatusError as e:
+        raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
+    except sdk.APITimeoutError:
+        raise ProviderError("request timed out", retryable=True, kind="timeout") from None
+    except sdk.APIConnectionError as e:
+        raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
+                            kind="connection") from None
+    try:
+        data = json.loads(raw.content)
     except ValueError:
         snippet = raw.content[:120].decode("utf-8", "replace")
         raise ProviderError(f"response is not JSON: {snippet!r}", kind="bad_body") from None
+    if not isinstance(data, dict):
+        raise ProviderError(f"unexpected response body: {str(data)[:120]!r}", kind="bad_body")
+    return data, raw.headers

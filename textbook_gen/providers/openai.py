@@ -12,10 +12,7 @@ from textbook_gen.providers.base import (
     RateLimitInfo,
     Request,
     Response,
-    json_body,
-    raw_response_type,
-    sdk_error_message,
-    status_error,
+    post_json,
 )
 from textbook_gen.spec import ModelSettings
 
@@ -43,7 +40,6 @@ class OpenAIProvider(Provider):
         self.client = openai.AsyncOpenAI(
             api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
         )
-        self._raw = raw_response_type(openai)
 
     @classmethod
     def check_key(cls, settings: ModelSettings) -> None:
@@ -69,22 +65,8 @@ class OpenAIProvider(Provider):
         import openai
 
         started = time.monotonic()
-        try:
-            raw: Any = await self.client.post(
-                "/chat/completions", cast_to=self._raw, body=self.request_body(request)
-            )
-        except openai.APIStatusError as e:
-            raise status_error(e.status_code, sdk_error_message(e), e.response.headers) from None
-        except openai.APITimeoutError:
-            raise ProviderError("request timed out", retryable=True, kind="timeout") from None
-        except openai.APIConnectionError as e:
-            raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
-                                kind="connection") from None
-        completion = json_body(raw)
-        if not isinstance(completion, dict):
-            raise ProviderError(f"unexpected response body: {str(completion)[:120]!r}",
-                                kind="bad_body")
-        return parse_completion(completion, time.monotonic() - started, _limits(raw.headers))
+        data, headers = await post_json(self.client, openai, "/chat/completions", self.request_body(request))
+        return parse_completion(data, time.monotonic() - started, _limits(headers))
 
     async def aclose(self) -> None:
         await self.client.close()
