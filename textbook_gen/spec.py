@@ -31,6 +31,7 @@ from textbook_gen.errors import SpecError
 
 Axis = Literal["subject", "topic", "audience", "style"]
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
+DEFAULT_PER: tuple[Axis, ...] = ("topic", "audience", "style")
 
 
 class _Strict(BaseModel):
@@ -87,7 +88,7 @@ class Subject(_Strict):
 class DocumentSpec(_Strict):
     kind: str = Field(pattern=SLUG)
     template: str = Field(min_length=1)
-    per: list[Axis] = Field(default_factory=lambda: ["topic", "audience", "style"], min_length=1)
+    per: list[Axis] = Field(default_factory=lambda: list(DEFAULT_PER), min_length=1)
     samples: int = Field(1, ge=1, le=100_000)
     max_tokens: int | None = Field(None, ge=1, le=200_000)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
