@@ -197,7 +197,7 @@ def main() -> None:
         true = sum(1 for i, k in dropped if similarity(texts[i], texts[k]) >= a.threshold)
         print(f"[dedup]   exact + near, threshold {a.threshold}: {r['total_s']:.1f} s "
               f"(signatures {r['signature_s']:.1f} s, buckets {r['buckets_s']:.1f} s, "
-              f"confirm {r["confirm_s"]:.1f} s; {r["candidates"]:,} candidate pairs); goal at 100,000: < 30 s")
+              f"confirm {r['confirm_s']:.1f} s; {r['candidates']:,} candidate pairs); goal at 100,000: < 30 s")
         print(f"          recall on planted pairs >= {a.threshold}: {found}/{len(pos)} = "
               f"{found / max(1, len(pos)):.4f} (goal >= 0.95)")
         print(f"          precision: {true}/{len(dropped)} dropped pairs truly >= {a.threshold} = "
