@@ -69,12 +69,14 @@ def test_expired_batch_keeps_partial_results_and_resubmits_only_the_rest(
     assert states == ["collected", "collected"]
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_crash_between_submit_and_record_does_not_submit_twice(
-    batch_api, api_env, write_spec, tmp_path, monkeypatch
+    batch_api, api_env, write_spec, tmp_path, monkeypatch, provider
 ):
     from textbook_gen import store as store_module
 
-    spec = _spec(write_spec(), batch_api, "openai")
+    path = write_spec(SMALL_SPEC if provider == "openai" else ANTHROPIC_SPEC)
+    spec = _spec(path, batch_api, provider)
     real = store_module.RunStore.update_batch
 
     def crash(self, batch_id, *, status, remote_id=None, detail=None):
@@ -89,7 +91,22 @@ def test_crash_between_submit_and_record_does_not_submit_twice(
     monkeypatch.setattr(store_module.RunStore, "update_batch", real)
     result = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
     assert result.records == 6
-    assert batch_api.batches_created == 1  # found by its metadata, not submitted again
+    assert batch_api.batches_created == 1  # found (metadata / time and size), not resubmitted
+
+
+def test_batch_budget_is_committed_at_submission(batch_api, api_env, write_spec, tmp_path):
+    from textbook_gen.errors import BudgetExceeded
+
+    spec = apply_overrides(load_curriculum(write_spec()),
+                           Overrides(base_url=[f"{batch_api.url}/v1"], max_cost_usd=0.0002))
+    with pytest.raises(BudgetExceeded):
+        run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    # the worst case of a request here is ~$0.00006 at batch price: only some were submitted
+    submitted = sum(_batch_sizes(batch_api, "openai"))
+    assert 1 <= submitted < 6
+    with RunStore(tmp_path / "b" / "run.sqlite") as store:
+        assert store.totals()["responses"] == submitted  # what was paid for is collected
+        assert store.totals()["cost_usd"] <= 0.0002
 
 
 def test_batches_command_shows_state(batch_api, api_env, write_spec, tmp_path):

@@ -196,6 +196,7 @@ class BatchRunner:
         self.max_cost_usd = max_cost_usd
         self.stats = EngineStats(cost_known=price is not None)
         self._stop = False
+        self._budget_reached = False  # no more submissions; what was submitted is still collected
         self._committed_cost = 0.0  # worst case of everything submitted this run
 
     def request_stop(self, reason: str = "interrupted") -> None:
@@ -255,7 +256,7 @@ class BatchRunner:
         chunk: list[dict[str, Any]] = []
         size = 0
         for req in pending:
-            if not self._affordable(req):
+            if self._stop or not self._affordable(req):
                 break
             line = self.backend.line(req)
             n = len(json.dumps(line, ensure_ascii=False).encode()) + 1
@@ -276,8 +277,9 @@ class BatchRunner:
 
         worst = self.price.cost(sum(count_tokens(c) + 4 for _, c in req.messages),
                                 int(req.param.get("max_tokens", 0))) * BATCH_DISCOUNT
-        if self._committed_cost + worst > self.max_cost_usd:
-            self.request_stop("budget")
+        if self._budget_reached or self._committed_cost + worst > self.max_cost_usd:
+            self._budget_reached = True
+            self.stats.stop_reason = self.stats.stop_reason or "budget"
             return False
         self._committed_cost += worst
         return True
