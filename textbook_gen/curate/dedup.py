@@ -40,10 +40,9 @@ def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _powers["p"][:n], _powers["inv"][:n]
 
 
-def chunk_word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit hashes of the lower-cased words of many texts at once, and each text's word
-    offsets. Vectorised polynomial hashing over the UTF-8 bytes: no Python loop per word."""
-    data = np.frombuffer("\x00".join(texts).lower().encode("utf-8"), dtype=np.uint8)
+def _hash_words(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start and end byte offsets and 64-bit hashes of the words in lower-cased UTF-8 bytes.
+    Vectorised polynomial hashing: no Python loop per word."""
     edges = np.diff(_WORDCHAR[data].astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     powers, inverse = _power_tables(len(data) + 1)
@@ -55,6 +54,14 @@ def chunk_word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         h ^= h >> np.uint64(31)  # splitmix64 finaliser: spread the bits
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(27)
+    return starts, ends, h
+
+
+def chunk_word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of the lower-cased words of many texts at once, and each text's word
+    offsets."""
+    data = np.frombuffer("\x00".join(texts).lower().encode("utf-8"), dtype=np.uint8)
+    starts, _, h = _hash_words(data)
     # which text each word belongs to: texts are separated by one NUL byte
     lengths = np.fromiter((len(t.encode("utf-8")) + 1 for t in texts), dtype=np.int64,
                           count=len(texts)) if len(texts) > 1 else np.array([len(data) + 1])
@@ -66,20 +73,31 @@ def chunk_word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def word_hashes(text: str) -> np.ndarray:
     """64-bit hashes of the lower-cased words of one text (same values as in a chunk)."""
-    return chunk_word_hashes([text])[0]
+    return words_with_lengths(text)[0]
+
+
+def words_with_lengths(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Word hashes of one text and each word's length in UTF-8 bytes (for the repetition
+    rules, which weigh n-grams by their characters)."""
+    data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8)
+    starts, ends, h = _hash_words(data)
+    return h, ends - starts
+
+
+def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:
+    """The hash of the n words starting at each position (not deduplicated, in order)."""
+    with np.errstate(over="ignore"):
+        acc = words[: max(0, len(words) - n + 1)].copy()
+        for j in range(1, n):
+            acc = acc * _MULT + words[j: len(words) - n + 1 + j]
+    return acc
 
 
 def shingle_hashes(words: np.ndarray, k: int) -> np.ndarray:
     """Sorted unique hashes of every k-word shingle (a short text is one shingle)."""
     if len(words) == 0:
         return words
-    if len(words) < k:
-        k = len(words)
-    with np.errstate(over="ignore"):
-        acc = words[: len(words) - k + 1].copy()
-        for j in range(1, k):
-            acc = acc * _MULT + words[j: len(words) - k + 1 + j]
-    return np.unique(acc)
+    return np.unique(ngram_hashes(words, min(k, len(words))))
 
 
 def exact_key(words: np.ndarray) -> bytes:
@@ -113,22 +131,30 @@ class Signatures:
         matrix = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, self.num_perm, SEED)
         self.rows.append(np.array(matrix.to_rows(), dtype=np.uint32))
 
-    def matrix(self) -> np.ndarray:
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+    def band(self, start: int, stop: int) -> np.ndarray:
+        """Columns ``start:stop`` of every digest. Built one band at a time, so the whole
+        matrix is never copied (at 1M documents it is 512 MB)."""
         if not self.rows:
-            return np.zeros((0, self.num_perm), dtype=np.uint32)
-        if len(self.rows) > 1:
-            self.rows = [np.concatenate(self.rows)]
-        return self.rows[0]
+            return np.zeros((0, stop - start), dtype=np.uint32)
+        return np.concatenate([r[:, start:stop] for r in self.rows])
 
 
-def candidate_pairs(digests: np.ndarray, threshold: float) -> np.ndarray:
+def candidate_pairs(signatures: Signatures, threshold: float) -> np.ndarray:
     """(i, j) pairs, i < j, that share a band: each bucket links its members to its first."""
-    n, num_perm = digests.shape
+    n, num_perm = len(signatures), signatures.num_perm
     bands, rows = lsh_params(threshold, num_perm)
     pairs = []
     for b in range(bands):
-        band = np.ascontiguousarray(digests[:, b * rows:(b + 1) * rows])
-        keys = band.view(np.dtype((np.void, band.dtype.itemsize * rows))).ravel()
+        band = signatures.band(b * rows, (b + 1) * rows)
+        # one 64-bit key per band: sorting integers is far faster than sorting raw rows, and a
+        # rare key collision only adds a candidate that confirmation then rejects
+        keys = band[:, 0].astype(np.uint64)
+        with np.errstate(over="ignore"):
+            for col in range(1, rows):
+                keys = keys * _MULT + band[:, col]
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         same = sorted_keys[1:] == sorted_keys[:-1]
@@ -247,15 +273,20 @@ class Deduplicator:
         self._flush()
         if not self.near or not self._near_index:
             return np.zeros((0, 2), dtype=np.int64)
-        rows = candidate_pairs(self.signatures.matrix(), self.threshold)
+        rows = candidate_pairs(self.signatures, self.threshold)
         return np.asarray(self._near_index, dtype=np.int64)[rows] if len(rows) else rows
 
-    def finish(self, pairs: np.ndarray, texts: Callable[[list[int]], dict[int, str]]
+    def finish(self, pairs: np.ndarray,
+               texts: Callable[[list[int]], dict[int, str] | Iterable[tuple[int, str]]]
                ) -> tuple[list[Duplicate], dict[int, int]]:
         """Confirm candidates by true Jaccard; return the dropped documents and, for each kept
-        document that had duplicates, its cluster size."""
+        document that had duplicates, its cluster size. ``texts`` gives the texts of the
+        candidate documents, as a dict or streamed as (index, text) pairs: streamed, only
+        their shingle sets are held, never the texts."""
         needed = sorted({int(x) for x in pairs.ravel()})
-        shingles = {i: shingle_hashes(word_hashes(t), self.k) for i, t in texts(needed).items()}
+        got = texts(needed) if needed else {}
+        items = got.items() if isinstance(got, dict) else got
+        shingles = {i: shingle_hashes(word_hashes(t), self.k) for i, t in items}
         near = confirm(pairs, shingles.__getitem__, self.threshold) if len(pairs) else []
         groups = clusters(len(self.ranks), [*self._exact_edges, *near])
         exact_pairs = {(i, j) for i, j, _ in self._exact_edges}

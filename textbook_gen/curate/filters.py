@@ -10,6 +10,9 @@ import re
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
+from textbook_gen.curate.dedup import ngram_hashes, words_with_lengths
 from textbook_gen.curate.exercises import parse_exercises
 from textbook_gen.curate.settings import CurationSettings, RepetitionSettings
 from textbook_gen.tokens import count_tokens
@@ -23,7 +26,6 @@ REFUSAL_PHRASES = (
     "i'm unable to", "i am unable to", "i won't be able to",
 )
 _HEADING = re.compile(r"^#{1,6}\s+\S", re.M)
-_WORD = re.compile(r"\w+")
 
 
 class Filter:
@@ -123,14 +125,14 @@ class RepetitionFilter(Filter):
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
         if len(paragraphs) > 1 and _dup_fraction(paragraphs) > self.s.max_dup_paragraph_fraction:
             return False, f"repetition (duplicate paragraphs {_dup_fraction(paragraphs):.2f})"
-        words = _WORD.findall(text.lower())
-        total_chars = sum(len(w) for w in words) or 1
+        words, lengths = words_with_lengths(text)
+        total_chars = int(lengths.sum()) or 1
         for n, limit in sorted(self.s.max_top_ngram_fraction.items()):
-            share = _top_ngram_share(words, n, total_chars)
+            share = _top_ngram_share(words, lengths, n, total_chars)
             if share > limit:
                 return False, f"repetition (top {n}-gram covers {share:.2f} of characters)"
         for n, limit in sorted(self.s.max_dup_ngram_fraction.items()):
-            share = _dup_ngram_share(words, n, total_chars)
+            share = _dup_ngram_share(words, lengths, n, total_chars)
             if share > limit:
                 return False, f"repetition (duplicated {n}-grams cover {share:.2f} of characters)"
         return True
@@ -141,28 +143,28 @@ def _dup_fraction(items: list[str]) -> float:
     return sum(c for c in counts.values() if c > 1) / len(items)
 
 
-def _top_ngram_share(words: list[str], n: int, total_chars: int) -> float:
+def _top_ngram_share(words: np.ndarray, lengths: np.ndarray, n: int, total_chars: int) -> float:
+    """Characters of the most frequent n-gram times its count, over all characters."""
     if len(words) < n:
         return 0.0
-    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-    gram, count = counts.most_common(1)[0]
-    if count < 2:
+    _, first, inverse, counts = np.unique(ngram_hashes(words, n), return_index=True,
+                                          return_inverse=True, return_counts=True)
+    best = int(counts.argmax())
+    if counts[best] < 2:
         return 0.0
-    return sum(len(w) for w in gram) * count / total_chars
+    start = int(first[best])
+    return int(lengths[start:start + n].sum()) * int(counts[best]) / total_chars
 
 
-def _dup_ngram_share(words: list[str], n: int, total_chars: int) -> float:
+def _dup_ngram_share(words: np.ndarray, lengths: np.ndarray, n: int, total_chars: int) -> float:
     """Characters inside n-grams that occur more than once, each character counted once."""
     if len(words) < n:
         return 0.0
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    counts = Counter(grams)
-    covered = [False] * len(words)
-    for i, g in enumerate(grams):
-        if counts[g] > 1:
-            for j in range(i, i + n):
-                covered[j] = True
-    return sum(len(w) for w, c in zip(words, covered, strict=True) if c) / total_chars
+    _, inverse, counts = np.unique(ngram_hashes(words, n), return_inverse=True,
+                                   return_counts=True)
+    repeated_start = (counts[inverse] > 1).astype(np.int32)
+    covered = np.convolve(repeated_start, np.ones(n, np.int32))[: len(words)] > 0
+    return int(lengths[covered].sum()) / total_chars
 
 
 def default_filters(s: CurationSettings) -> list[Filter]:

@@ -21,6 +21,7 @@ from typing import Any
 from textbook_gen.curate.decontam import Decontaminator
 from textbook_gen.curate.dedup import Deduplicator
 from textbook_gen.curate.filters import Filter, default_filters
+from textbook_gen.curate.sandbox import sandbox_layers
 from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.curate.verify import verify_records
 from textbook_gen.shards import ShardInfo, ShardWriter, dumps, iter_records, write_manifest
@@ -47,12 +48,16 @@ class CurationResult:
     rejects: list[ShardInfo]
     counts: dict[str, StageCount]
     decontamination: dict[str, dict[str, int]]
+    sandbox: list[str] = field(default_factory=list)  # what confined exercise code, if any ran
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"stages": {k: v.to_dict() for k, v in self.counts.items()},
-                "decontamination": self.decontamination,
-                "kept": sum(s.records for s in self.shards),
-                "rejected": sum(s.records for s in self.rejects)}
+        out = {"stages": {k: v.to_dict() for k, v in self.counts.items()},
+               "decontamination": self.decontamination,
+               "kept": sum(s.records for s in self.shards),
+               "rejected": sum(s.records for s in self.rejects)}
+        if self.sandbox:
+            out["verify_sandbox"] = self.sandbox
+        return out
 
 
 class _Curation:
@@ -102,7 +107,11 @@ class _Curation:
         out = []
         c = self.counts["filters"]
         for record in chunk:
-            record.setdefault("quality", {})
+            if not isinstance(record.get("quality"), dict):
+                record["quality"] = {}
+            q = record["quality"]
+            for key in ("tokens", "verified", "judge_score", "dup_cluster"):
+                q.setdefault(key, None)  # every record has the same quality fields
             c.seen += 1
             for f in self.filters:
                 verdict = f.filter(record)
@@ -173,12 +182,11 @@ class _Curation:
     def find_duplicates(self, spool_path: Path) -> tuple[dict[int, Any], dict[int, int]]:
         pairs = self.dedup.candidates()
 
-        def texts(indexes: list[int]) -> dict[int, str]:
-            wanted, out = set(indexes), {}
+        def texts(indexes: list[int]) -> Iterator[tuple[int, str]]:
+            wanted = set(indexes)
             for i, record in enumerate(_read_spool(spool_path)):
                 if i in wanted:
-                    out[i] = record.get("text", "")
-            return out
+                    yield i, record.get("text", "")
 
         dropped, sizes = self.dedup.finish(pairs, texts)
         return {d.index: d for d in dropped}, sizes
@@ -219,7 +227,12 @@ def _read_spool(path: Path) -> Iterator[Record]:
 def curate(records: Iterable[Record], settings: CurationSettings, out_dir: Path, *,
            fmt: str = "jsonl.zst", shard_max_records: int = 10_000, judge: Judge | None = None,
            progress: Progress | None = None) -> CurationResult:
-    """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/."""
+    """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/.
+
+    With ``settings.enabled`` false every record is kept (``quality.tokens`` is still filled).
+    """
+    if not settings.enabled:
+        settings = settings.all_stages_off()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     c = _Curation(settings, out_dir, fmt, shard_max_records, judge, progress)
@@ -231,7 +244,8 @@ def curate(records: Iterable[Record], settings: CurationSettings, out_dir: Path,
         c.second_pass(spool_path, total, dropped, sizes)
     finally:
         spool_path.unlink(missing_ok=True)
-    return CurationResult(c.kept.close(), c.rejects.close(), c.counts, c.decontam.report())
+    sandbox = sandbox_layers() if c.counts["verify"].seen and settings.verify_code else []
+    return CurationResult(c.kept.close(), c.rejects.close(), c.counts, c.decontam.report(), sandbox)
 
 
 def _with_ids(paths: list[Path]) -> Iterator[Record]:

@@ -86,3 +86,13 @@ class CurationSettings(_Strict):
         benches = [b.model_copy(update={"path": str((base_dir / b.path).resolve())})
                    for b in self.decontaminate]
         return self.model_copy(update={"decontaminate": benches})
+
+    def all_stages_off(self) -> CurationSettings:
+        """These settings with every rejecting stage turned off (``enabled: false``)."""
+        return self.model_copy(update={
+            "min_tokens": 0, "max_tokens": None, "reject_truncated": False,
+            "reject_refusals": False, "stock_openers": [], "check_structure": False,
+            "repetition": None, "verify_code": False,
+            "judge": self.judge.model_copy(update={"enabled": False}),
+            "dedup": self.dedup.model_copy(update={"exact": False, "near": False}),
+            "decontaminate": []})
