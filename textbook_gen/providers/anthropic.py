@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from textbook_gen.errors import ProviderError
-from textbook_gen.providers._keys import api_key
-from textbook_gen.providers.base import (
-    Provider,
-    RateLimitInfo,
-    Request,
-    Response,
-    post_json,
-)
-from textbook_gen.spec import ModelSettings
+from textbook_gen.providers._http import HTTPProvider
+from textbook_gen.providers.base import RateLimitInfo, Request, Response
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
          "refusal": "refusal", "tool_use": "stop", "pause_turn": "stop"}
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider):
     name = "anthropic"
-    needs_key = True
     key_env_var = "ANTHROPIC_API_KEY"
-    supports_batch = True
-    connections_per_client = 64
-
-    def __init__(self, settings: ModelSettings, *, timeout: float = 600.0,
-                 base_url: str | None = None):
-        super().__init__(settings, timeout=timeout)
-        import anthropic
-
-        key = api_key(settings, self.key_env_var, optional=base_url is not None)
-        self.client = anthropic.AsyncAnthropic(
-            api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
-        )
-
-    @classmethod
-    def check_key(cls, settings: ModelSettings) -> None:
-        api_key(settings, "ANTHROPIC_API_KEY", optional=bool(settings.base_url))
+    sdk = "anthropic"
+    client_class = "AsyncAnthropic"
+    path = "/v1/messages"
 
     def request_body(self, req: Request) -> dict[str, Any]:
         """Parameters for /v1/messages (also the ``params`` of a Message Batches request)."""
@@ -57,15 +35,13 @@ class AnthropicProvider(Provider):
             body["temperature"] = min(p["temperature"], 1.0)
         return body
 
-    async def complete(self, request: Request) -> Response:
-        import anthropic
+    @staticmethod
+    def parse(data: dict[str, Any], latency: float, limits: RateLimitInfo | None) -> Response:
+        return parse_message(data, latency, limits)
 
-        started = time.monotonic()
-        data, headers = await post_json(self.client, anthropic, "/v1/messages", self.request_body(request))
-        return parse_message(data, time.monotonic() - started, _limits(headers))
-
-    async def aclose(self) -> None:
-        await self.client.close()
+    @staticmethod
+    def limits(headers: Any) -> RateLimitInfo | None:
+        return _limits(headers)
 
 
 def parse_message(message: dict[str, Any], latency: float = 0.0,

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from textbook_gen.errors import ProviderError
-from textbook_gen.providers._keys import api_key
-from textbook_gen.providers.base import (
-    Provider,
-    RateLimitInfo,
-    Request,
-    Response,
-    post_json,
-)
-from textbook_gen.spec import ModelSettings
+from textbook_gen.providers._http import HTTPProvider
+from textbook_gen.providers.base import RateLimitInfo, Request, Response
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "stop", "function_call": "stop"}
@@ -22,28 +14,12 @@ _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(HTTPProvider):
     name = "openai"
-    needs_key = True
     key_env_var = "OPENAI_API_KEY"
-    supports_batch = True
-    connections_per_client = 64
-
-    def __init__(self, settings: ModelSettings, *, timeout: float = 600.0,
-                 base_url: str | None = None):
-        super().__init__(settings, timeout=timeout)
-        import openai
-
-        # A custom base_url usually means a self-hosted server that takes any key.
-        key = api_key(settings, self.key_env_var, optional=base_url is not None)
-        self.base_url = base_url
-        self.client = openai.AsyncOpenAI(
-            api_key=key or "not-needed", base_url=base_url, max_retries=0, timeout=timeout
-        )
-
-    @classmethod
-    def check_key(cls, settings: ModelSettings) -> None:
-        api_key(settings, "OPENAI_API_KEY", optional=bool(settings.base_url))
+    sdk = "openai"
+    client_class = "AsyncOpenAI"
+    path = "/chat/completions"
 
     def request_body(self, req: Request) -> dict[str, Any]:
         """The JSON body for /v1/chat/completions (also used for Batch API lines)."""
@@ -61,15 +37,13 @@ class OpenAIProvider(Provider):
                     body[name] = p[name]
         return body
 
-    async def complete(self, request: Request) -> Response:
-        import openai
+    @staticmethod
+    def parse(data: dict[str, Any], latency: float, limits: RateLimitInfo | None) -> Response:
+        return parse_completion(data, latency, limits)
 
-        started = time.monotonic()
-        data, headers = await post_json(self.client, openai, "/chat/completions", self.request_body(request))
-        return parse_completion(data, time.monotonic() - started, _limits(headers))
-
-    async def aclose(self) -> None:
-        await self.client.close()
+    @staticmethod
+    def limits(headers: Any) -> RateLimitInfo | None:
+        return _limits(headers)
 
 
 def parse_completion(completion: dict[str, Any], latency: float = 0.0,
