@@ -108,3 +108,13 @@ def test_missing_template_is_reported_by_validate(write_spec):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "chapter.md.j2:1:" in proc.stderr
+
+
+def test_error_messages_keep_square_brackets(capsys):
+    # rich markup must not eat "[local]" in an install hint
+    from textbook_gen.cli import _fail
+    from textbook_gen.errors import ConfigError
+
+    exit_ = _fail(ConfigError("install it: pip install 'textbook-gen[local]'"))
+    assert exit_.exit_code == 2
+    assert "pip install 'textbook-gen[local]'" in capsys.readouterr().err

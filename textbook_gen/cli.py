@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from textbook_gen import __version__
@@ -69,7 +70,7 @@ def _fail(e: TextbookGenError) -> typer.Exit:
         n = len(e.problems)
         err.print(f"[red]{n} problem{'s' * (n != 1)} found.[/]")
     else:
-        err.print(f"[red]error:[/] {e}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
     return typer.Exit(e.exit_code)
 
 
@@ -227,6 +228,27 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
                          for x in e.errors()]) from None
     resolve = getattr(settings, "resolve_paths", None)
     return resolve(path.parent) if resolve else settings
+
+
+@app.command()
+def examples(
+    copy_to: Annotated[Path | None, typer.Option("--copy", help="Copy the example curricula "
+                                                 "(and their templates) into this folder.")] = None,
+) -> None:
+    """List the bundled example curricula, or copy them to start your own."""
+    import shutil
+
+    from textbook_gen.prompts import data_dir
+
+    source = data_dir("curricula")
+    if copy_to is None:
+        for path in sorted(source.glob("*.yaml")):
+            first = path.read_text("utf-8").splitlines()[0].lstrip("# ")
+            out.print(f"{path}  [dim]{first}[/]")
+        out.print("[dim]copy them with: textbook-gen examples --copy DIR[/]")
+        return
+    shutil.copytree(source, copy_to, dirs_exist_ok=True)
+    out.print(f"copied {len(list(source.glob('*.yaml')))} curricula to {copy_to}")
 
 
 @app.command()
