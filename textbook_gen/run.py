@@ -143,7 +143,8 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
 class Progress:
     """What a run reports as it goes; the CLI draws it with rich, tests use this silent one."""
 
-    def generation(self, stats: EngineStats) -> contextlib.AbstractContextManager[Any]:
+    def generation(self, stats: EngineStats,
+                   label: str = "generate") -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
     def stage(self, name: str, done: int, total: int) -> None:
@@ -239,7 +240,7 @@ def run_curriculum(
 
 
 def _drive(engine: Engine | BatchRunner, items: Iterator[WorkItem], total: int,
-           progress: Progress) -> EngineStats:
+           progress: Progress, label: str = "generate") -> EngineStats:
     async def main() -> EngineStats:
         loop = asyncio.get_running_loop()
         presses = 0
@@ -257,7 +258,7 @@ def _drive(engine: Engine | BatchRunner, items: Iterator[WorkItem], total: int,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:
-            with progress.generation(engine.stats):
+            with progress.generation(engine.stats, label):
                 return await engine.run(items, total)
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -335,7 +336,7 @@ def make_judge(spec: Curriculum, store: RunStore,
             for r in records
         ]
         engine = Engine(make_providers(judge_spec), store, spec.engine, spec_price(judge_spec))
-        stats = _drive(engine, iter(items), len(items), progress)
+        stats = _drive(engine, iter(items), len(items), progress, "judge")
         if stats.stop_reason == "budget":
             raise budget_message(stats, spec.engine)
         if stats.stop_reason == "interrupted":

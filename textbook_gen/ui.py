@@ -31,12 +31,12 @@ class RichProgress(RunProgress):
         self._stage_bar: Progress | None = None
 
     @contextlib.contextmanager
-    def generation(self, stats: EngineStats) -> Iterator[None]:
+    def generation(self, stats: EngineStats, label: str = "generate") -> Iterator[None]:
         if not self.enabled:
             yield
             return
         bar = Progress(
-            TextColumn("[bold]generate"),
+            TextColumn(f"[bold]{label}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[detail]}"),
