@@ -258,6 +258,7 @@ def _drive(engine: Engine | BatchRunner, items: Iterator[WorkItem], total: int,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, on_sigint)
         try:
+            engine.stats.total = total  # the display reads it before the engine starts
             with progress.generation(engine.stats, label):
                 return await engine.run(items, total)
         finally:
