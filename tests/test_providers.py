@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 
 import pytest
 
@@ -117,3 +118,45 @@ def test_missing_key_is_a_clear_error(monkeypatch, name, env):
     monkeypatch.delenv(env, raising=False)
     with pytest.raises(ConfigError, match=f"export {env}="):
         provider_class(name).check_key(ModelSettings(provider=name, name=MODELS[name]))
+
+
+def test_rate_limit_reset_headers_are_parsed():
+    from datetime import datetime, timedelta
+
+    from textbook_gen.providers.anthropic import _limits as anthropic_limits
+    from textbook_gen.providers.base import parse_reset
+    from textbook_gen.providers.openai import _limits as openai_limits
+
+    assert parse_reset("1s") == 1.0 and parse_reset("6m0s") == 360.0
+    assert parse_reset("20ms") == 0.02 and parse_reset("1h2m3.5s") == 3723.5
+    assert parse_reset("soon") is None
+    later = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    assert 28 < parse_reset(later) <= 30
+    spent = openai_limits({"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0",
+                           "x-ratelimit-reset-requests": "2s", "x-ratelimit-limit-tokens": "100",
+                           "x-ratelimit-remaining-tokens": "50", "x-ratelimit-reset-tokens": "9s"})
+    assert spent.reset_s == 2.0  # only the exhausted limit counts
+    room = openai_limits({"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "3",
+                          "x-ratelimit-reset-requests": "2s"})
+    assert room.reset_s is None
+    a = anthropic_limits({"anthropic-ratelimit-requests-limit": "5",
+                          "anthropic-ratelimit-requests-remaining": "0",
+                          "anthropic-ratelimit-requests-reset": later})
+    assert 28 < a.reset_s <= 30
+
+
+def test_limiter_holds_requests_until_an_exhausted_limit_resets():
+    import time
+
+    from textbook_gen.ratelimit import RateLimiter
+
+    limiter = RateLimiter()
+    assert not limiter.active
+    limiter.hold(0.3)
+
+    async def go():
+        started = time.monotonic()
+        await limiter.acquire(10, 10)
+        return time.monotonic() - started
+
+    assert asyncio.run(go()) >= 0.29

@@ -198,6 +198,8 @@ class Engine:
             self.limiter.tighten(rpm=rl.limit_requests, tpm=rl.limit_tokens,
                                  input_tpm=rl.limit_input_tokens,
                                  output_tpm=rl.limit_output_tokens)
+            if rl.reset_s:
+                self.limiter.hold(rl.reset_s)
 
     def _truncation_retry(self, req: Request, finish_reason: str | None) -> Request | None:
         """A truncated answer is never re-sent as it was; optionally once with twice the room."""

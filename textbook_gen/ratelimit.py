@@ -57,10 +57,16 @@ class RateLimiter:
         self.input_tokens = SlidingWindow(input_tpm, window) if input_tpm else None
         self.output_tokens = SlidingWindow(output_tpm, window) if output_tpm else None
         self._lock = asyncio.Lock()
+        self._hold_until = 0.0  # monotonic time before which nothing is sent
 
     @property
     def active(self) -> bool:
-        return any((self.requests, self.tokens, self.input_tokens, self.output_tokens))
+        return bool(self._hold_until) or any(
+            (self.requests, self.tokens, self.input_tokens, self.output_tokens))
+
+    def hold(self, seconds: float) -> None:
+        """The server says a limit is used up for ``seconds``: send nothing until then."""
+        self._hold_until = max(self._hold_until, time.monotonic() + min(seconds, 120.0))
 
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
         if not self.active:
@@ -75,7 +81,7 @@ class RateLimiter:
         async with self._lock:  # first come, first served: no starvation of large requests
             while True:
                 now = time.monotonic()
-                delay = max(w.wait_time(n, now) for w, n in wants)
+                delay = max([self._hold_until - now, *(w.wait_time(n, now) for w, n in wants)])
                 if delay <= 0:
                     for w, n in wants:
                         w.take(n, now)

@@ -6,7 +6,7 @@ from typing import Any
 
 from textbook_gen.errors import ProviderError
 from textbook_gen.providers._http import HTTPProvider
-from textbook_gen.providers.base import RateLimitInfo, Request, Response
+from textbook_gen.providers.base import RateLimitInfo, Request, Response, parse_reset
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
          "refusal": "refusal", "tool_use": "stop", "pause_turn": "stop"}
@@ -75,6 +75,9 @@ def _limits(headers: Any) -> RateLimitInfo | None:
 
     if "anthropic-ratelimit-requests-limit" not in headers:
         return None
+    resets = [parse_reset(headers.get(f"anthropic-ratelimit-{kind}-reset"))
+              for kind in ("requests", "tokens", "input-tokens", "output-tokens")
+              if num(f"anthropic-ratelimit-{kind}-remaining") == 0]
     return RateLimitInfo(
         limit_requests=num("anthropic-ratelimit-requests-limit"),
         remaining_requests=num("anthropic-ratelimit-requests-remaining"),
@@ -82,5 +85,6 @@ def _limits(headers: Any) -> RateLimitInfo | None:
         remaining_tokens=num("anthropic-ratelimit-tokens-remaining"),
         limit_input_tokens=num("anthropic-ratelimit-input-tokens-limit"),
         limit_output_tokens=num("anthropic-ratelimit-output-tokens-limit"),
+        reset_s=max((r for r in resets if r is not None), default=None),
     )
 

@@ -74,6 +74,28 @@ class RateLimitInfo:
     remaining_tokens: int | None = None
     limit_input_tokens: int | None = None
     limit_output_tokens: int | None = None
+    reset_s: float | None = None  # seconds until an exhausted limit (remaining == 0) has room
+
+
+def parse_reset(value: str | None) -> float | None:
+    """Seconds until a limit resets: OpenAI's "1s" / "6m0s" / "20ms", or an RFC 3339 time
+    (Anthropic)."""
+    if not value:
+        return None
+    import re
+    from datetime import datetime
+
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
+    if parts and "".join(n + u for n, u in parts) == value.strip():
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from textbook_gen.errors import ProviderError
 from textbook_gen.providers._http import HTTPProvider
-from textbook_gen.providers.base import RateLimitInfo, Request, Response
+from textbook_gen.providers.base import RateLimitInfo, Request, Response, parse_reset
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "stop", "function_call": "stop"}
@@ -85,10 +85,16 @@ def _int(headers: Any, name: str) -> int | None:
 def _limits(headers: Any) -> RateLimitInfo | None:
     if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
         return None
+    remaining_requests = _int(headers, "x-ratelimit-remaining-requests")
+    remaining_tokens = _int(headers, "x-ratelimit-remaining-tokens")
+    resets = [parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
+              for kind, left in (("requests", remaining_requests), ("tokens", remaining_tokens))
+              if left == 0]
     return RateLimitInfo(
         limit_requests=_int(headers, "x-ratelimit-limit-requests"),
-        remaining_requests=_int(headers, "x-ratelimit-remaining-requests"),
+        remaining_requests=remaining_requests,
         limit_tokens=_int(headers, "x-ratelimit-limit-tokens"),
-        remaining_tokens=_int(headers, "x-ratelimit-remaining-tokens"),
+        remaining_tokens=remaining_tokens,
+        reset_s=max((r for r in resets if r is not None), default=None),
     )
 
