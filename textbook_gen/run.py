@@ -24,9 +24,10 @@ from textbook_gen.errors import ConfigError, Interrupted, TextbookGenError
 from textbook_gen.expand import Job, count_jobs, expand
 from textbook_gen.prompts import PromptRenderer
 from textbook_gen.providers import Provider, Request, provider_class
+from textbook_gen.records import iter_records
 from textbook_gen.shards import ShardWriter, write_manifest
 from textbook_gen.spec import Curriculum
-from textbook_gen.store import RunStore, StoredResponse
+from textbook_gen.store import RunStore
 from textbook_gen.tokens import ModelPrice, count_tokens, price_for
 
 
@@ -269,49 +270,7 @@ def _drive(engine: Engine | BatchRunner, items: Iterator[WorkItem], total: int,
     return asyncio.run(main())
 
 
-# ----------------------------------------------------------------------------- records
-
-
-def record_for(spec: Curriculum, job: Job, resp: StoredResponse,
-               renderer: PromptRenderer) -> dict[str, Any]:
-    params = {"temperature": job.temperature, "max_tokens": job.max_tokens}
-    return {
-        "id": job.id,
-        "text": resp.text or "",
-        "kind": job.kind,
-        "curriculum": spec.name,
-        "subject": job.subject,
-        "topic": job.topic,
-        "audience": job.audience,
-        "style": job.style,
-        "seed_words": list(job.seed_words),
-        "provenance": {
-            "spec_sha256": spec.sha256,
-            "template": job.template,
-            "template_sha256": renderer.template_sha256(job.template),
-            "prompt_sha256": resp.key,
-            "provider": resp.provider,
-            "model": resp.model,
-            "params": params,
-            "seed": job.seed,
-            "response_id": resp.response_id,
-            "finish_reason": resp.finish_reason,
-            "usage": {"input": resp.input_tokens, "output": resp.output_tokens},
-            "cost_usd": round(resp.cost_usd, 8),
-            "batch_id": resp.batch_id,
-            "created_at": dt.datetime.fromtimestamp(resp.created_at, dt.UTC).isoformat(),
-            "tool": f"textbook-gen {__version__}",
-        },
-        "quality": {"tokens": None, "verified": None, "judge_score": None, "dup_cluster": None},
-    }
-
-
-def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
-                 limit: int | None) -> Iterator[dict[str, Any]]:
-    for job in jobs(spec, limit):
-        resp = store.job_response(job.id)
-        if resp is not None and resp.status == "ok":
-            yield record_for(spec, job, resp, renderer)
+# ----------------------------------------------------------------------------- outputs
 
 
 def make_judge(spec: Curriculum, store: RunStore,

@@ -1,0 +1,60 @@
+"""Stored responses -> records with provenance: the step between the run store and curation.
+
+A record is rebuilt from the current spec's jobs and what the store holds for them, so the
+same store always gives the same records, and shards can be re-made without a request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+from textbook_gen import __version__
+from textbook_gen.expand import Job, expand
+from textbook_gen.prompts import PromptRenderer
+from textbook_gen.spec import Curriculum
+from textbook_gen.store import RunStore, StoredResponse
+
+
+def record_for(spec: Curriculum, job: Job, resp: StoredResponse,
+               renderer: PromptRenderer) -> dict[str, Any]:
+    params = {"temperature": job.temperature, "max_tokens": job.max_tokens}
+    return {
+        "id": job.id,
+        "text": resp.text or "",
+        "kind": job.kind,
+        "curriculum": spec.name,
+        "subject": job.subject,
+        "topic": job.topic,
+        "audience": job.audience,
+        "style": job.style,
+        "seed_words": list(job.seed_words),
+        "provenance": {
+            "spec_sha256": spec.sha256,
+            "template": job.template,
+            "template_sha256": renderer.template_sha256(job.template),
+            "prompt_sha256": resp.key,
+            "provider": resp.provider,
+            "model": resp.model,
+            "params": params,
+            "seed": job.seed,
+            "response_id": resp.response_id,
+            "finish_reason": resp.finish_reason,
+            "usage": {"input": resp.input_tokens, "output": resp.output_tokens},
+            "cost_usd": round(resp.cost_usd, 8),
+            "batch_id": resp.batch_id,
+            "created_at": dt.datetime.fromtimestamp(resp.created_at, dt.UTC).isoformat(),
+            "tool": f"textbook-gen {__version__}",
+        },
+        "quality": {"tokens": None, "verified": None, "judge_score": None, "dup_cluster": None},
+    }
+
+
+def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
+                 limit: int | None) -> Iterator[dict[str, Any]]:
+    for job in islice(expand(spec), limit):
+        resp = store.job_response(job.id)
+        if resp is not None and resp.status == "ok":
+            yield record_for(spec, job, resp, renderer)
