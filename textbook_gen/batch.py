@@ -22,7 +22,7 @@ from textbook_gen.engine import EngineStats, WorkItem
 from textbook_gen.errors import FatalProviderError, ProviderError
 from textbook_gen.providers.base import Provider, Request, Response, sdk_error_message, status_error
 from textbook_gen.store import RunStore
-from textbook_gen.tokens import BATCH_DISCOUNT, ModelPrice
+from textbook_gen.tokens import BATCH_DISCOUNT, ModelPrice, estimate_input_tokens
 
 ACTIVE = ("preparing", "submitted")
 
@@ -273,9 +273,7 @@ class BatchRunner:
         """Batch spend is committed at submission: hold each request's worst case against the cap."""
         if self.max_cost_usd is None or self.price is None:
             return True
-        from textbook_gen.tokens import count_tokens
-
-        worst = self.price.cost(sum(count_tokens(c) + 4 for _, c in req.messages),
+        worst = self.price.cost(estimate_input_tokens(req.messages),
                                 int(req.param.get("max_tokens", 0))) * BATCH_DISCOUNT
         if self._budget_reached or self._committed_cost + worst > self.max_cost_usd:
             self._budget_reached = True

@@ -19,7 +19,7 @@ from textbook_gen.providers.base import Provider, Request, Response
 from textbook_gen.ratelimit import RateLimiter
 from textbook_gen.spec import EngineSettings
 from textbook_gen.store import RunStore
-from textbook_gen.tokens import ModelPrice, count_tokens, count_tokens_cached
+from textbook_gen.tokens import ModelPrice, estimate_input_tokens
 
 MAX_BACKOFF = 60.0
 
@@ -72,7 +72,6 @@ class Engine:
         *,
         retry_base_delay: float = 1.0,
         rate_window: float = 60.0,
-        batch_discount: float = 1.0,
     ):
         if not providers:
             raise ValueError("at least one provider")
@@ -147,14 +146,11 @@ class Engine:
             self.stats.cached += 1
             self.stats.done += 1
             return
-        input_estimate = sum(
-            (count_tokens_cached(c) if r == "system" else count_tokens(c)) + 4
-            for r, c in req.messages
-        )
+        input_estimate = estimate_input_tokens(req.messages)
         max_out = int(req.param.get("max_tokens", 0))
-        if not self._reserve(input_estimate, max_out):
+        projected = self._reserve(input_estimate, max_out)
+        if projected is None:
             return
-        projected = self.price.cost(input_estimate, max_out) if self.price else 0.0
         self.stats.in_flight += 1
         try:
             await self.limiter.acquire(input_estimate, max_out)
@@ -212,24 +208,25 @@ class Engine:
         params["truncation_retry"] = 1
         return Request.build(req.provider, req.model, list(req.messages), params)
 
-    def _reserve(self, input_estimate: int, max_out: int) -> bool:
-        """Hold budget for a request's worst case; refuse (and stop the run) if it would cross a cap."""
+    def _reserve(self, input_estimate: int, max_out: int) -> float | None:
+        """Hold budget for a request's worst case and return its cost; None (and stop the run)
+        if it would cross a cap."""
         s, cfg = self.stats, self.settings
         projected = self.price.cost(input_estimate, max_out) if self.price else 0.0
         if cfg.max_cost_usd is not None and (
             s.cost_usd + self._reserved_cost + projected > cfg.max_cost_usd
         ):
             self.request_stop("budget")
-            return False
+            return None
         tokens = input_estimate + max_out
         if cfg.max_total_tokens is not None and (
             s.input_tokens + s.output_tokens + self._reserved_tokens + tokens > cfg.max_total_tokens
         ):
             self.request_stop("budget")
-            return False
+            return None
         self._reserved_cost += projected
         self._reserved_tokens += tokens
-        return True
+        return projected
 
     def _pick_provider(self) -> int:
         """The endpoint with the fewest requests in flight (round-robin among equals)."""

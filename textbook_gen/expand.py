@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from itertools import islice
 
 from textbook_gen.spec import Curriculum, DocumentSpec, Subject, Topic, slugify
 
@@ -68,6 +69,11 @@ def expand(spec: Curriculum) -> Iterator[Job]:
     """Yield every job, documents entry by entry, in a stable order."""
     for doc in spec.documents:
         yield from _expand_document(spec, doc)
+
+
+def jobs(spec: Curriculum, limit: int | None = None) -> Iterator[Job]:
+    """The first ``limit`` jobs (all when None), for ``--limit``."""
+    return islice(expand(spec), limit)
 
 
 def _expand_document(spec: Curriculum, doc: DocumentSpec) -> Iterator[Job]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from itertools import islice
 from typing import Any
 
 from textbook_gen import __version__
-from textbook_gen.expand import Job, expand
+from textbook_gen.expand import Job, jobs
 from textbook_gen.prompts import PromptRenderer
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore, StoredResponse
@@ -54,7 +53,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse,
 
 def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
                  limit: int | None) -> Iterator[dict[str, Any]]:
-    for job in islice(expand(spec), limit):
+    for job in jobs(spec, limit):
         resp = store.job_response(job.id)
         if resp is not None and resp.status == "ok":
             yield record_for(spec, job, resp, renderer)

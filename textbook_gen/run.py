@@ -13,7 +13,6 @@ import shutil
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,14 @@ from textbook_gen import __version__
 from textbook_gen.batch import BatchRunner, backend_for
 from textbook_gen.engine import Engine, EngineStats, WorkItem, budget_message
 from textbook_gen.errors import ConfigError, Interrupted, TextbookGenError
-from textbook_gen.expand import Job, count_jobs, expand
+from textbook_gen.expand import Job, count_jobs, jobs
 from textbook_gen.prompts import PromptRenderer
 from textbook_gen.providers import Provider, Request, provider_class
 from textbook_gen.records import iter_records
 from textbook_gen.shards import ShardWriter, write_manifest
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore
-from textbook_gen.tokens import ModelPrice, count_tokens, price_for
+from textbook_gen.tokens import ModelPrice, count_tokens, estimate_input_tokens, price_for
 
 
 @dataclass
@@ -73,10 +72,6 @@ def default_out_dir(spec: Curriculum) -> Path:
 
 def spec_price(spec: Curriculum) -> ModelPrice | None:
     return price_for(spec.model.provider, spec.model.name, spec.prices)
-
-
-def jobs(spec: Curriculum, limit: int | None = None) -> Iterator[Job]:
-    return islice(expand(spec), limit)
 
 
 def job_count(spec: Curriculum, limit: int | None = None) -> int:
@@ -125,7 +120,7 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
             req = renderer.render(job)
             n += 1
             by_kind[job.kind] = by_kind.get(job.kind, 0) + 1
-            inp += sum(count_tokens(c) + 4 for _, c in req.messages)
+            inp += estimate_input_tokens(req.messages)
             out += job.max_tokens
             if store is not None:
                 hit = store.get_response(req.key)

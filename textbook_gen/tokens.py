@@ -7,6 +7,7 @@ promises; the engine charges the usage each response reports.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
@@ -82,6 +83,11 @@ def count_tokens(text: str) -> int:
 
 
 @lru_cache(maxsize=64)
-def count_tokens_cached(text: str) -> int:
-    """For texts that repeat across requests, such as a template's system message."""
+def _count_system(text: str) -> int:
     return count_tokens(text)
+
+
+def estimate_input_tokens(messages: Iterable[tuple[str, str]]) -> int:
+    """Input tokens of a request's (role, content) messages, with ~4 tokens of framing each.
+    System messages repeat across a template's requests, so their counts are cached."""
+    return sum((_count_system(c) if r == "system" else count_tokens(c)) + 4 for r, c in messages)

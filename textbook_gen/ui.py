@@ -6,7 +6,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -106,6 +105,3 @@ def money(value: float | None) -> str:
     return "unknown (no price for this model; add one under prices:)" if value is None else (
         f"${value:,.4f}")
 
-
-def table_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(k, str(v)) for k, v in data.items()]
