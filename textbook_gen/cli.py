@@ -226,8 +226,7 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
     except ValidationError as e:
         raise SpecError([f"{path}: {'.'.join(map(str, x['loc']))}: {x['msg']}"
                          for x in e.errors()]) from None
-    resolve = getattr(settings, "resolve_paths", None)
-    return resolve(path.parent) if resolve else settings
+    return settings.resolve_paths(path.parent)
 
 
 @app.command()

@@ -24,10 +24,10 @@ from textbook_gen.expand import Job, count_jobs, jobs
 from textbook_gen.prompts import PromptRenderer
 from textbook_gen.providers import Provider, Request, provider_class
 from textbook_gen.records import iter_records
-from textbook_gen.shards import ShardWriter, write_manifest
+from textbook_gen.shards import write_manifest
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore
-from textbook_gen.tokens import ModelPrice, count_tokens, estimate_input_tokens, price_for
+from textbook_gen.tokens import ModelPrice, estimate_input_tokens, price_for
 
 
 @dataclass
@@ -274,14 +274,14 @@ def make_judge(spec: Curriculum, store: RunStore,
     generation (cached, resumable, counted in cost), with the judge's own model if set."""
     from textbook_gen.curate.judge import judge_prompt, parse_judge_score
 
-    settings = spec.curation.judge  # type: ignore[attr-defined]
+    settings = spec.curation.judge
     model = spec.model
-    provider_name = getattr(settings, "provider", None) or model.provider
-    model_name = getattr(settings, "model", None) or model.name
+    provider_name = settings.provider or model.provider
+    model_name = settings.model or model.name
     if provider_name != model.provider or model_name != model.name:
         model = model.model_copy(update={"provider": provider_name, "name": model_name})
     judge_spec = spec.model_copy(update={"model": model})
-    max_tokens = int(getattr(settings, "max_tokens", 0) or 256)
+    max_tokens = settings.max_tokens
 
     def judge(records: list[dict[str, Any]]) -> dict[str, float | None]:
         items = [
@@ -319,29 +319,18 @@ def write_outputs(spec: Curriculum, renderer: PromptRenderer, store: RunStore, o
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     records = iter_records(spec, renderer, store, limit)
     fmt, per_shard = spec.output.format, spec.output.shard_max_records
-    curation: dict[str, Any]
-    if spec.curation.enabled:
-        from textbook_gen.curate.pipeline import curate
+    from textbook_gen.curate.pipeline import curate
 
-        settings = spec.curation
-        if hasattr(settings, "resolve_paths"):  # benchmark files are relative to the spec
-            settings = settings.resolve_paths(spec.source_path.parent)
-        judge_settings = getattr(settings, "judge", None)
-        judge = (make_judge(spec, store, progress)
-                 if judge_settings is not None and getattr(judge_settings, "enabled", False)
-                 else None)
-        result = curate(records, settings, out_dir, fmt=fmt, shard_max_records=per_shard,
-                        judge=judge, progress=progress.stage)
-        shards = [*result.shards, *result.rejects]
-        kept = sum(s.records for s in result.shards)
-        rejected = sum(s.records for s in result.rejects)
-        curation = result.to_manifest()
-    else:
-        with ShardWriter(out_dir, fmt=fmt, max_records=per_shard) as writer:
-            for r in records:
-                r["quality"]["tokens"] = count_tokens(r["text"])
-                writer.write(r)
-        shards, kept, rejected, curation = writer.shards, sum(s.records for s in writer.shards), 0, {}
+    # benchmark files are relative to the spec; with enabled: false curate() keeps everything
+    settings = spec.curation.resolve_paths(spec.source_path.parent)
+    judge = (make_judge(spec, store, progress)
+             if settings.enabled and settings.judge.enabled else None)
+    result = curate(records, settings, out_dir, fmt=fmt, shard_max_records=per_shard,
+                    judge=judge, progress=progress.stage)
+    shards = [*result.shards, *result.rejects]
+    kept = sum(s.records for s in result.shards)
+    rejected = sum(s.records for s in result.rejects)
+    curation = result.to_manifest()
     totals = store.totals()
     manifest = {
         "name": spec.name,
