@@ -220,7 +220,7 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
     if isinstance(data, dict) and "subjects" in data:  # a whole curriculum: use its section
         from textbook_gen.spec import load_curriculum
 
-        return load_curriculum(path).curation
+        return load_curriculum(path).curation.resolve_paths(path.parent)
     try:
         settings = CurationSettings.model_validate(data)
     except ValidationError as e:
