@@ -107,8 +107,10 @@ def ours(url: str, n: int, concurrency: int, *, limit: int | None = None,
                                    Overrides(base_url=[{url + '/v1'!r}]))
             console = Console(file=io.StringIO(), force_terminal=True, width=120)
             t = time.perf_counter()
+            progress = RichProgress(console)
             r = run_curriculum(spec, out_dir=Path({tmp!r}) / "out", limit={limit!r},
-                               progress=RichProgress(console))
+                               progress=progress)
+            progress.close()
             elapsed = time.perf_counter() - t
             print(json.dumps({{"elapsed": elapsed, "sent": r.stats.sent, "records": r.records,
                 "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))

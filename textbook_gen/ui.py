@@ -41,7 +41,7 @@ class RichProgress(RunProgress):
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=self.console,
+            console=self.console, redirect_stdout=False,
             transient=False,
         )
         task = bar.add_task("generate", total=stats.total, detail="")
@@ -67,7 +67,7 @@ class RichProgress(RunProgress):
         if self._stage_bar is None:
             self._stage_bar = Progress(
                 TextColumn("[bold]{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=self.console,
+                TimeElapsedColumn(), console=self.console, redirect_stdout=False,
             )
             self._stage_bar.start()
         if name not in self._stages:
