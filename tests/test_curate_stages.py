@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
+from conftest import curate_dir, read_kept, read_rejects
+
 from textbook_gen.curate.judge import judge_prompt, parse_judge_score
-from textbook_gen.curate.pipeline import curate
 from textbook_gen.curate.settings import CurationSettings
-from textbook_gen.shards import iter_records
 
 VOCAB = [f"w{i}" for i in range(3000)]
 
@@ -31,9 +31,9 @@ def test_without_judge_scores_the_longest_of_a_cluster_is_kept(tmp_path):
     rng = random.Random(11)
     base = _doc(rng)
     texts = [_doc(rng), base, base + " " + " ".join(VOCAB[:12]), base[: len(base) - 30]]
-    curate(_records(texts), _settings(), tmp_path, fmt="jsonl")
-    kept = {r["id"]: r for r in iter_records(tmp_path / "shards" / "part-00000.jsonl")}
-    rejects = {r["id"]: r["rejected"] for r in iter_records(tmp_path / "rejects" / "rejects-00000.jsonl")}
+    curate_dir(_records(texts), _settings(), tmp_path, fmt="jsonl")
+    kept = {r["id"]: r for r in read_kept(tmp_path)}
+    rejects = {r["id"]: r["rejected"] for r in read_rejects(tmp_path)}
     assert set(kept) == {"d0", "d2"}
     assert kept["d2"]["quality"]["dup_cluster"] == "d2~3"
     assert kept["d0"]["quality"]["dup_cluster"] is None
@@ -49,9 +49,9 @@ def test_verified_exercises_outrank_unverified_twins(tmp_path):
     # the same exercise with tests that cannot be run: never verified, and a little longer
     unverified = ok.replace("### Tests", "Checks to try by hand:").replace("```python\nassert",
                                                                             "```text\nassert")
-    curate(_records([unverified, ok], kind="exercises"), _settings(min_tokens=5),
+    curate_dir(_records([unverified, ok], kind="exercises"), _settings(min_tokens=5),
            tmp_path, fmt="jsonl")
-    kept = list(iter_records(tmp_path / "shards" / "part-00000.jsonl"))
+    kept = list(read_kept(tmp_path))
     assert [r["id"] for r in kept] == ["d1"] and kept[0]["quality"]["verified"] is True
 
 
@@ -59,8 +59,8 @@ def test_curation_switched_off_keeps_everything(tmp_path):
     texts = ["short", "Once upon a time " * 50, "short"]
     records = _records(texts)
     records[1]["provenance"]["finish_reason"] = "length"
-    result = curate(records, CurationSettings(enabled=False), tmp_path, fmt="jsonl")
-    kept = list(iter_records(tmp_path / "shards" / "part-00000.jsonl"))
+    result = curate_dir(records, CurationSettings(enabled=False), tmp_path, fmt="jsonl")
+    kept = list(read_kept(tmp_path))
     assert [r["id"] for r in kept] == ["d0", "d1", "d2"] and sum(s.records for s in result.rejects) == 0
     assert all(r["quality"]["tokens"] > 0 for r in kept)
 
@@ -68,7 +68,8 @@ def test_curation_switched_off_keeps_everything(tmp_path):
 def test_manifest_names_the_sandbox_when_exercises_ran(tmp_path):
     ex = ("## Exercise 1\nAdd.\n\n### Solution\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
           "### Tests\n```python\nassert add(1, 1) == 2\n```\n")
-    m = curate(_records([ex], kind="exercises"), _settings(min_tokens=5), tmp_path, fmt="jsonl").to_manifest()
+    m = curate_dir(_records([ex], kind="exercises"), _settings(min_tokens=5), tmp_path,
+                   fmt="jsonl").to_manifest()
     assert "rlimits" in m["verify_sandbox"] and "audit-hook" in m["verify_sandbox"]
     assert m["stages"]["verify"] == {"in": 1, "kept": 1, "dropped": {}}
 

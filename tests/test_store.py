@@ -27,15 +27,14 @@ def test_response_is_durable_after_commit_and_reopen(tmp_path):
         assert store.totals()["responses"] == 1
 
 
-def test_uncommitted_writes_are_visible_to_other_connections_only_after_commit(tmp_path):
+def test_a_write_is_committed_when_its_future_resolves(tmp_path):
     path = tmp_path / "run.sqlite"
-    store = RunStore(path, commit_interval=10)
+    store = RunStore(path)
     req = _req()
-    store.put_response(req, Response("x", "stop", 1, 1, "m"), cost_usd=0, attempts=1)
-    other = sqlite3.connect(path)
-    assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 0
-    store.commit()
-    assert other.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 1
+    fut = store.put_response(req, Response("x", "stop", 1, 1, "m"), cost_usd=0, attempts=1)
+    fut.result(timeout=30)
+    other = sqlite3.connect(path)  # another process's view: only what is committed
+    assert other.execute("SELECT text FROM responses").fetchall() == [("x",)]
     other.close()
     store.close()
 
@@ -45,9 +44,15 @@ def test_failure_is_recorded_with_reason_and_replaced_by_a_later_answer(tmp_path
     with RunStore(tmp_path / "r.sqlite") as store:
         store.put_failure(req, kind="http_500", error="boom", attempts=7)
         store.link_job("j", req.key)
+        store.commit()
         assert list(store.failures()) == [("j", "http_500", "boom")]
         store.put_response(req, Response("ok", "stop", 1, 1, "m"), cost_usd=0, attempts=1)
+        store.commit()
         assert list(store.failures()) == []
+        # a later failure of the same request never replaces the paid answer
+        store.put_failure(req, kind="http_500", error="again", attempts=1)
+        store.commit()
+        assert store.job_response("j").text == "ok"
         assert store.job_response("j").status == "ok"
 
 

@@ -18,13 +18,15 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from textbook_gen.engine import EngineStats, WorkItem
 from textbook_gen.errors import FatalProviderError, ProviderError
+from textbook_gen.generator import GenerationStats, WorkItem
+from textbook_gen.ledger import Ledger, Reservation
 from textbook_gen.providers.base import Provider, Request, Response, sdk_error_message, status_error
 from textbook_gen.store import RunStore
 from textbook_gen.tokens import BATCH_DISCOUNT, ModelPrice, estimate_input_tokens
 
 ACTIVE = ("preparing", "submitted")
+MAX_SUBMISSIONS = 3  # a request no batch processed (expired, cancelled) is submitted at most this often
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class RemoteState:
     done: bool  # the provider will not process more of it
     status: str  # the provider's own word
     counts: dict[str, int]
+    error: str | None = None  # why the provider failed the whole batch
 
 
 Result = tuple[str, Response | ProviderError | None]  # None: not processed (expired, canceled)
@@ -93,8 +96,12 @@ class OpenAIBatches(BatchBackend):
     async def poll(self, remote_id: str) -> RemoteState:
         b = await self.client.batches.retrieve(remote_id)
         counts = b.request_counts.model_dump() if b.request_counts else {}
+        error = None
+        if b.status == "failed":
+            errors = [e.message for e in ((b.errors.data or []) if b.errors else []) if e.message]
+            error = "; ".join(errors)[:1000] or None
         return RemoteState(b.status in ("completed", "expired", "failed", "cancelled"),
-                           b.status, counts)
+                           b.status, counts, error)
 
     async def results(self, remote_id: str) -> AsyncIterator[Result]:
         from textbook_gen.providers.openai import parse_completion
@@ -183,21 +190,25 @@ def backend_for(provider: Provider) -> BatchBackend:
 
 
 class BatchRunner:
-    """Submit what is not stored, poll, collect, resubmit what expired; until all is stored."""
+    """Submit what is not stored, poll, collect, resubmit what expired; until all is stored.
+
+    The batch ``Generator``: each request's worst case (at the batch discount) is reserved in
+    the run's ledger when it is submitted and settled when its result is collected.
+    """
 
     def __init__(self, backend: BatchBackend, store: RunStore, price: ModelPrice | None, *,
-                 poll_interval: float = 30.0, max_requests: int | None = None,
-                 max_cost_usd: float | None = None):
+                 ledger: Ledger | None = None, poll_interval: float = 30.0,
+                 max_requests: int | None = None, stage: str = "generate"):
         self.backend = backend
         self.store = store
         self.price = price
+        self.ledger = ledger or Ledger()
+        self.stage = stage
         self.poll_interval = poll_interval
         self.max_requests = min(max_requests or backend.max_requests, backend.max_requests)
-        self.max_cost_usd = max_cost_usd
-        self.stats = EngineStats(cost_known=price is not None)
+        self.stats = GenerationStats(cost_known=price is not None)
         self._stop = False
-        self._budget_reached = False  # no more submissions; what was submitted is still collected
-        self._committed_cost = 0.0  # worst case of everything submitted this run
+        self._holds: dict[str, Reservation] = {}  # request key -> its reservation, this run
 
     def request_stop(self, reason: str = "interrupted") -> None:
         self._stop = True
@@ -205,13 +216,14 @@ class BatchRunner:
 
     abort = request_stop
 
-    async def run(self, items: Iterable[WorkItem], total: int) -> EngineStats:
+    async def run(self, items: Iterable[WorkItem], total: int) -> GenerationStats:
         self.stats.total = total
         await self._recover()
         requests: dict[str, Request] = {}
         for item in items:
             stored = self.store.get_response(item.request.key)
-            self.store.link_job(item.job_id, item.request.key)
+            if self.store.job_key(item.job_id) != item.request.key:
+                self.store.link_job(item.job_id, item.request.key)
             if stored is not None and stored.status == "ok":
                 self.stats.cached += 1
                 self.stats.done += 1
@@ -226,13 +238,36 @@ class BatchRunner:
                 break
             for b in active:
                 state = await self._poll(b)
-                if state.done:
-                    missing = await self._collect(b, requests)
-                    await self._submit(missing)
+                if not state.done:
+                    continue
+                if state.status == "failed":
+                    self._fail_batch(b, requests, state)
+                    continue
+                missing = await self._collect(b, requests)
+                await self._submit(self._resubmittable(missing))
             if self.store.batches(("submitted",)):
                 await asyncio.sleep(self.poll_interval)
         return self.stats
 
+    def _resubmittable(self, missing: list[Request]) -> list[Request]:
+        """What a batch did not process goes again, up to MAX_SUBMISSIONS; then it fails."""
+        submissions: dict[str, int] = {}
+        for b in self.store.batches():
+            for k in b["keys"]:
+                submissions[k] = submissions.get(k, 0) + 1
+        again = []
+        for req in missing:
+            n = submissions.get(req.key, 0)
+            if n < MAX_SUBMISSIONS:
+                again.append(req)
+                continue
+            self.store.put_failure(req, kind="batch_expired",
+                                   error=f"not processed by {n} batches in a row (expired or"
+                                   " cancelled); run again to submit it once more", attempts=n)
+            self.stats.failed += 1
+            self.stats.done += 1
+        self.store.commit()
+        return again
     async def _recover(self) -> None:
         """A batch recorded but without a provider id may or may not have been submitted."""
         for b in self.store.batches(("preparing",)):
@@ -256,7 +291,7 @@ class BatchRunner:
         chunk: list[dict[str, Any]] = []
         size = 0
         for req in pending:
-            if self._stop or not self._affordable(req):
+            if self._stop or self.ledger.exhausted or not self._affordable(req):
                 break
             line = self.backend.line(req)
             n = len(json.dumps(line, ensure_ascii=False).encode()) + 1
@@ -270,16 +305,15 @@ class BatchRunner:
             await self._submit_chunk(chunk)
 
     def _affordable(self, req: Request) -> bool:
-        """Batch spend is committed at submission: hold each request's worst case against the cap."""
-        if self.max_cost_usd is None or self.price is None:
+        """Batch spend is committed at submission: hold each request's worst case in the ledger."""
+        if req.key in self._holds:
             return True
-        worst = self.price.cost(estimate_input_tokens(req.messages),
-                                int(req.param.get("max_tokens", 0))) * BATCH_DISCOUNT
-        if self._budget_reached or self._committed_cost + worst > self.max_cost_usd:
-            self._budget_reached = True
+        hold = self.ledger.reserve(self.stage, self.price, estimate_input_tokens(req.messages),
+                                   int(req.param.get("max_tokens", 0)), discount=BATCH_DISCOUNT)
+        if hold is None:
             self.stats.stop_reason = self.stats.stop_reason or "budget"
             return False
-        self._committed_cost += worst
+        self._holds[req.key] = hold
         return True
 
     async def _submit_chunk(self, lines: list[dict[str, Any]]) -> None:
@@ -316,11 +350,18 @@ class BatchRunner:
                 continue
             seen.add(custom_id)
             if isinstance(outcome, ProviderError):
+                hold = self._holds.pop(custom_id, None)
+                if hold is not None:
+                    self.ledger.release(hold)
                 self.store.put_failure(req, kind=outcome.kind, error=str(outcome), attempts=1)
                 self.stats.failed += 1
             else:
-                cost = self.price.cost(outcome.input_tokens, outcome.output_tokens) * (
-                    BATCH_DISCOUNT) if self.price else 0.0
+                hold = self._holds.pop(custom_id, None)
+                if hold is not None:
+                    cost = self.ledger.settle(hold, outcome.input_tokens, outcome.output_tokens)
+                else:  # submitted by an earlier run
+                    cost = self.ledger.account(self.stage, self.price, outcome.input_tokens,
+                                               outcome.output_tokens, discount=BATCH_DISCOUNT)
                 self.store.put_response(req, outcome, cost_usd=cost, attempts=1,
                                         batch_id=b["id"])
                 self.stats.succeeded += 1
@@ -329,6 +370,7 @@ class BatchRunner:
                 self.stats.cost_usd += cost
                 self.stats.truncated += outcome.finish_reason == "length"
             self.stats.done += 1
+        self.store.commit()
         self.store.update_batch(b["id"], status="collected")
         missing = []
         for key in b["keys"]:
@@ -338,6 +380,25 @@ class BatchRunner:
             if req is not None:
                 missing.append(req)
         return missing
+
+    def _fail_batch(self, b: dict[str, Any], requests: dict[str, Request],
+                    state: RemoteState) -> None:
+        """The provider rejected the whole batch (status ``failed``, e.g. a validation error):
+        its requests fail with the provider's reason and are not submitted again this run."""
+        detail = state.error or f"the provider marked batch {b['remote_id']} as failed"
+        for key in b["keys"]:
+            req = requests.get(key) or self.store.get_request(key)
+            hold = self._holds.pop(key, None)
+            if hold is not None:
+                self.ledger.release(hold)
+            if req is None:
+                continue
+            self.store.put_failure(req, kind="batch_failed", error=detail, attempts=1)
+            self.stats.failed += 1
+            self.stats.done += 1
+        self.store.commit()
+        self.store.update_batch(b["id"], status="failed", detail=json.dumps(
+            {"status": state.status, "counts": state.counts, "error": detail}))
 
     async def aclose(self) -> None:
         await self.backend.provider.aclose()

@@ -114,10 +114,15 @@ def plan(
     t.add_row("requests to send", f"{p.to_send:,}")
     t.add_row("input tokens (est.)", f"{p.input_tokens:,}")
     t.add_row("output tokens (max)", f"{p.max_output_tokens:,}")
-    t.add_row("cost to finish if outputs use max_tokens", money(p.cost(1.0)))
-    t.add_row("cost if outputs use half", money(p.cost(0.5)))
+    if p.judge is not None:
+        j = p.judge
+        t.add_row("judge requests (max)", f"{j.requests:,}  on {j.provider}/{j.model}, at most"
+                  f" {j.input_tokens:,} input and {j.max_output_tokens:,} output tokens")
+        t.add_row("judge cost (max)", money(j.cost(1.0)))
+    t.add_row("cost to finish if outputs use max_tokens", money(p.total_cost(1.0)))
+    t.add_row("cost if outputs use half", money(p.total_cost(0.5)))
     if p.price is not None and p.price.input:
-        t.add_row("cost with batch API (max)", money((p.cost(1.0) or 0) / 2))
+        t.add_row("generation with batch API (max)", money((p.cost(1.0) or 0) / 2))
     out.print(t)
 
 
@@ -166,11 +171,18 @@ def run(
         f"{result.rejected:,} rejected · {st.succeeded - 0:,} new answers, {st.cached:,} from the "
         f"store · {st.input_tokens + st.output_tokens:,} tokens · {money(st.cost_usd)} this run"
     )
+    out.print(str(result.out_dir))
     if result.failed:
-        err.print(f"[yellow]{len(result.failed)} jobs failed[/] (run again to retry them):")
         for job_id, kind, message in result.failed[:10]:
             err.print(f"  {job_id}: {kind}: {message}", markup=False, highlight=False)
-    out.print(str(result.out_dir))
+        more = len(result.failed) - 10
+        if more > 0:
+            err.print(f"  ... and {more} more")
+        from textbook_gen.errors import JobsFailed
+
+        raise JobsFailed(f"{len(result.failed)} of {result.manifest['counts']['jobs']} jobs"
+                         " failed (reasons above); the outputs hold the others. Run the same"
+                         " command again to retry the failed jobs: nothing stored is sent again")
 
 
 @app.command()
@@ -314,3 +326,16 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except OSError as e:  # the machine's problem, not the tool's: one line that names the file
+        if _debug["on"]:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[red]error:[/] {escape(where + (e.strerror or str(e)))}", highlight=False)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - a bug: say so in one line; --debug shows it
+        if _debug["on"]:
+            raise
+        err.print(f"[red]internal error:[/] {escape(type(e).__name__ + ': ' + str(e))}\n"
+                  "This is a bug in textbook-gen; rerun with --debug to see where, and report it."
+                  " Everything already paid for is stored.", highlight=False)
+        sys.exit(1)

@@ -1,20 +1,24 @@
-"""The generation engine: requests in, stored responses out; the paid middle of the flow.
+"""The generation engine: requests in, stored responses out; the live ``Generator``.
 
 Async workers (``concurrency`` of them) pull work lazily, skip what the store already has,
-wait for rate-limit room and budget, call a provider with retries, and write each answer to
-the store, which commits in groups (<= 50 ms). Memory follows work in flight, not run size.
+reserve the worst case in the run's ledger, wait for rate-limit room, call a provider with
+retries, and wait until the answer is durable in the store before taking the next job: a
+crash loses at most the answers of the ``concurrency`` requests in flight. An exception
+that is not the job's own (a template error, a store that cannot be written) stops the run
+and is raised. Memory follows work in flight, not run size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import random
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
-from textbook_gen.errors import BudgetExceeded, FatalProviderError, ProviderError
+from textbook_gen.errors import FatalProviderError, ProviderError
+from textbook_gen.generator import GenerationStats, WorkItem
+from textbook_gen.ledger import Ledger
 from textbook_gen.providers.base import Provider, Request, Response
 from textbook_gen.ratelimit import RateLimiter
 from textbook_gen.spec import EngineSettings
@@ -22,44 +26,6 @@ from textbook_gen.store import RunStore
 from textbook_gen.tokens import ModelPrice, estimate_input_tokens
 
 MAX_BACKOFF = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    job_id: str
-    request: Request
-
-
-@dataclass
-class EngineStats:
-    """Live counters; the CLI reads them for the progress display."""
-
-    total: int = 0
-    done: int = 0  # jobs finished this run, from the store or the provider
-    cached: int = 0  # answered from the store: nothing sent
-    sent: int = 0  # HTTP attempts, retries included
-    succeeded: int = 0
-    failed: int = 0
-    truncated: int = 0
-    refused: int = 0
-    retries: int = 0
-    in_flight: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0  # spent this run
-    cost_known: bool = True
-    started: float = field(default_factory=time.monotonic)
-    stop_reason: str | None = None  # None | interrupted | budget | fatal
-
-    @property
-    def projected_cost(self) -> float | None:
-        """Spend so far scaled to the jobs still to send (cached ones cost nothing)."""
-        paid = self.done - self.cached
-        if not self.cost_known:
-            return None
-        if paid <= 0:
-            return self.cost_usd
-        return self.cost_usd * (self.total - self.cached) / paid
 
 
 class Engine:
@@ -70,6 +36,8 @@ class Engine:
         settings: EngineSettings,
         price: ModelPrice | None,
         *,
+        ledger: Ledger | None = None,
+        stage: str = "generate",
         retry_base_delay: float = 1.0,
         rate_window: float = 60.0,
     ):
@@ -85,11 +53,11 @@ class Engine:
             rpm=settings.rpm, tpm=settings.tpm, input_tpm=settings.input_tpm,
             output_tpm=settings.output_tpm, window=rate_window,
         )
-        self.stats = EngineStats(cost_known=price is not None)
-        self._reserved_cost = 0.0
-        self._reserved_tokens = 0
+        self.ledger = ledger or Ledger(settings.max_cost_usd, settings.max_total_tokens)
+        self.stage = stage
+        self.stats = GenerationStats(cost_known=price is not None)
         self._stopping = False
-        self._fatal: FatalProviderError | None = None
+        self._error: Exception | None = None  # the first error that stopped the run
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- control
@@ -105,35 +73,51 @@ class Engine:
         for t in self._tasks:
             t.cancel()
 
+    def _fail(self, error: Exception) -> None:
+        """An error that is not one job's own: stop the run and raise it at the end."""
+        self._error = self._error or error
+        self.request_stop("fatal")
+
     # -- running
-    async def run(self, items: Iterable[WorkItem], total: int) -> EngineStats:
+    async def run(self, items: Iterable[WorkItem], total: int) -> GenerationStats:
         self.stats.total = total
         source: Iterator[WorkItem] = iter(items)
-        committer = asyncio.create_task(self._commit_loop())
         self._tasks = [
             asyncio.create_task(self._worker(source)) for _ in range(self.settings.concurrency)
         ]
         try:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
-            committer.cancel()
-            self.store.commit()
-        if self._fatal is not None:
-            raise self._fatal
+            await asyncio.get_running_loop().run_in_executor(None, self._flush)
+        for r in results:
+            if isinstance(r, Exception):  # a worker ended other than by its own handling
+                self._fail(r)
+        if self._error is not None:
+            raise self._error
         return self.stats
 
-    async def _commit_loop(self) -> None:
-        interval = self.store.commit_interval
-        while True:
-            await asyncio.sleep(interval)
+    def _flush(self) -> None:
+        try:
             self.store.commit()
+        except Exception as e:  # noqa: BLE001 - raised by run() as the run's error
+            self._fail(e)
 
     async def _worker(self, source: Iterator[WorkItem]) -> None:
         while not self._stopping:
-            item = next(source, None)
-            if item is None:
+            try:
+                item = next(source, None)  # renders the job's prompt: may raise
+                if item is None:
+                    return
+                await self.process(item.job_id, item.request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - not a job's end state: stops the run
+                self._fail(e)
                 return
-            await self.process(item.job_id, item.request)
+
+    @staticmethod
+    async def _durable(fut: concurrent.futures.Future[None]) -> None:
+        await asyncio.wrap_future(fut)
 
     async def process(self, job_id: str, req: Request) -> None:
         """Bring one job to an end state in the store: answered, or failed with a reason."""
@@ -142,38 +126,37 @@ class Engine:
             retry = self._truncation_retry(req, stored.finish_reason)
             if retry is not None:
                 return await self.process(job_id, retry)
-            self.store.link_job(job_id, req.key)
+            if self.store.job_key(job_id) != req.key:  # a rerun writes nothing it need not
+                await self._durable(self.store.link_job(job_id, req.key))
             self.stats.cached += 1
             self.stats.done += 1
             return
         input_estimate = estimate_input_tokens(req.messages)
         max_out = int(req.param.get("max_tokens", 0))
-        projected = self._reserve(input_estimate, max_out)
-        if projected is None:
+        hold = self.ledger.reserve(self.stage, self.price, input_estimate, max_out)
+        if hold is None:
+            self.request_stop("budget")
             return
         self.stats.in_flight += 1
         try:
             await self.limiter.acquire(input_estimate, max_out)
             resp, attempts = await self._call(req)
-        except FatalProviderError as e:
-            self._fatal = self._fatal or e
-            self.request_stop("fatal")
-            self.store.put_failure(req, kind=e.kind, error=str(e), attempts=1)
-            self.store.link_job(job_id, req.key)
-            return
         except ProviderError as e:
+            self.ledger.release(hold)
+            if isinstance(e, FatalProviderError):
+                self._error = self._error or e
+                self.request_stop("fatal")
+            else:
+                self.stats.failed += 1
+                self.stats.done += 1
             self.store.put_failure(req, kind=e.kind, error=str(e), attempts=getattr(e, "attempts", 1))
-            self.store.link_job(job_id, req.key)
-            self.stats.failed += 1
-            self.stats.done += 1
+            await self._durable(self.store.link_job(job_id, req.key))
             return
         finally:
             self.stats.in_flight -= 1
-            self._reserved_cost -= projected
-            self._reserved_tokens -= input_estimate + max_out
-        cost = self.price.cost(resp.input_tokens, resp.output_tokens) if self.price else 0.0
+        cost = self.ledger.settle(hold, resp.input_tokens, resp.output_tokens)
         self.store.put_response(req, resp, cost_usd=cost, attempts=attempts)
-        self.store.link_job(job_id, req.key)
+        await self._durable(self.store.link_job(job_id, req.key))
         self._account(resp, cost)
         retry = self._truncation_retry(req, resp.finish_reason)
         if retry is not None:
@@ -207,26 +190,6 @@ class Engine:
         params["max_tokens"] = int(params["max_tokens"]) * 2
         params["truncation_retry"] = 1
         return Request.build(req.provider, req.model, list(req.messages), params)
-
-    def _reserve(self, input_estimate: int, max_out: int) -> float | None:
-        """Hold budget for a request's worst case and return its cost; None (and stop the run)
-        if it would cross a cap."""
-        s, cfg = self.stats, self.settings
-        projected = self.price.cost(input_estimate, max_out) if self.price else 0.0
-        if cfg.max_cost_usd is not None and (
-            s.cost_usd + self._reserved_cost + projected > cfg.max_cost_usd
-        ):
-            self.request_stop("budget")
-            return None
-        tokens = input_estimate + max_out
-        if cfg.max_total_tokens is not None and (
-            s.input_tokens + s.output_tokens + self._reserved_tokens + tokens > cfg.max_total_tokens
-        ):
-            self.request_stop("budget")
-            return None
-        self._reserved_cost += projected
-        self._reserved_tokens += tokens
-        return projected
 
     def _pick_provider(self) -> int:
         """The endpoint with the fewest requests in flight (round-robin among equals)."""
@@ -262,16 +225,3 @@ class Engine:
     async def aclose(self) -> None:
         for p in self.providers:
             await p.aclose()
-
-
-def budget_message(stats: EngineStats, settings: EngineSettings) -> BudgetExceeded:
-    caps = []
-    if settings.max_cost_usd is not None:
-        caps.append(f"--max-cost {settings.max_cost_usd}")
-    if settings.max_total_tokens is not None:
-        caps.append(f"--max-tokens {settings.max_total_tokens}")
-    return BudgetExceeded(
-        f"budget reached ({' / '.join(caps)}): spent ${stats.cost_usd:.4f} this run,"
-        f" {stats.done}/{stats.total} jobs done. Everything received is stored; raise the cap"
-        " and run the same command again to continue."
-    )

@@ -6,8 +6,14 @@
     ├── ConfigError                  missing API key, missing optional package, bad option (exit 2)
     ├── ProviderError                an API call failed; ``retryable`` says whether trying again can help
     │   └── FatalProviderError       auth / unknown model / bad request: stop the whole run (exit 3)
+    ├── StoreError                   the run store cannot be written (disk full, lock held): exit 1
     ├── BudgetExceeded               the next request would cross --max-cost / --max-tokens (exit 4)
+    ├── JobsFailed                   the run finished but some jobs failed; outputs are written (exit 5)
     └── Interrupted                  Ctrl-C: state is saved and the run can be resumed (exit 130)
+
+Exit codes, as the README documents them: 0 every job ended kept or rejected; 1 an error of
+the machine or the tool (message says which); 2 bad input; 3 the provider refused the run;
+4 budget reached; 5 finished, some jobs failed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -60,6 +66,14 @@ class FatalProviderError(ProviderError):
 
 class BudgetExceeded(TextbookGenError):
     exit_code = 4
+
+
+class StoreError(TextbookGenError):
+    """The run store could not be written; what was paid is saved beside it where possible."""
+
+
+class JobsFailed(TextbookGenError):
+    exit_code = 5
 
 
 class Interrupted(TextbookGenError):

@@ -3,12 +3,17 @@
 Pure and deterministic: the same spec and seed give the same jobs, ids and seeds on any
 machine (ids from names, seeds from sha256, word choice from ``random.Random(int)``).
 Jobs are yielded lazily so a 100,000-job curriculum never sits in memory at once.
+
+A job's identity comes from the names the user wrote (slugs of subject, topic, audience and
+style, the document kind and the sample number), so adding, removing or reordering values
+changes only the jobs whose prompts change; its seed leaves out the curriculum's name, so a
+rename re-sends nothing either. Run stores made before this keep their position-based ids
+(``identity="positions"``, see ``store.RunStore.job_identity``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,28 +70,50 @@ def count_jobs(spec: Curriculum) -> int:
     return total
 
 
-def expand(spec: Curriculum) -> Iterator[Job]:
+IDENTITIES = ("names", "positions")
+
+
+def expand(spec: Curriculum, identity: str = "names") -> Iterator[Job]:
     """Yield every job, documents entry by entry, in a stable order."""
+    if identity not in IDENTITIES:
+        raise ValueError(f"unknown job identity {identity!r}")
     for doc in spec.documents:
-        yield from _expand_document(spec, doc)
+        yield from _expand_document(spec, doc, identity)
 
 
-def jobs(spec: Curriculum, limit: int | None = None) -> Iterator[Job]:
+def jobs(spec: Curriculum, limit: int | None = None, identity: str = "names") -> Iterator[Job]:
     """The first ``limit`` jobs (all when None), for ``--limit``."""
-    return islice(expand(spec), limit)
+    return islice(expand(spec, identity), limit)
 
 
-def _expand_document(spec: Curriculum, doc: DocumentSpec) -> Iterator[Job]:
+def _expand_document(spec: Curriculum, doc: DocumentSpec, identity: str) -> Iterator[Job]:
     audiences = list(enumerate(spec.audiences)) if "audience" in doc.per else [(None, None)]
     styles = list(enumerate(spec.styles)) if "style" in doc.per else [(None, None)]
     for subject in spec.subjects:
         places: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
         for topic in places:
             samples = doc.samples * (topic.weight if topic else 1)
-            for (ai, audience), (si, style), n in itertools.product(
-                audiences, styles, range(samples)
-            ):
-                yield _make_job(spec, doc, subject, topic, ai, audience, si, style, n)
+            # nested loops, not itertools.product: product would hold range(samples) as a tuple
+            for ai, audience in audiences:
+                for si, style in styles:
+                    for n in range(samples):
+                        yield _make_job(spec, doc, subject, topic, ai, audience, si, style, n,
+                                        identity)
+
+
+def _job_name(spec: Curriculum, place: str, doc: DocumentSpec, ai: int | None,
+              audience: str | None, si: int | None, style: str | None, n: int,
+              identity: str) -> tuple[str, int]:
+    """The job's id and seed."""
+    if identity == "positions":  # stores made before ids came from names
+        coords = [f"a{ai}" if ai is not None else "", f"s{si}" if si is not None else "", f"n{n}"]
+        job_id = f"{spec.name}/{place}/{doc.kind}/" + "-".join(c for c in coords if c)
+        return job_id, job_seed(spec.seed, job_id)
+    # kind first: within one kind every id has the same shape, so no two can collide
+    parts = [doc.kind, place]
+    parts += [slugify(x) for x in (audience, style) if x is not None]
+    local = "/".join([*parts, f"n{n}"])
+    return f"{spec.name}/{local}", job_seed(spec.seed, local)
 
 
 def _make_job(
@@ -99,11 +126,10 @@ def _make_job(
     si: int | None,
     style: str | None,
     n: int,
+    identity: str = "names",
 ) -> Job:
     place = slugify(subject.name) + (f"/{slugify(topic.name)}" if topic else "")
-    coords = [f"a{ai}" if ai is not None else "", f"s{si}" if si is not None else "", f"n{n}"]
-    job_id = f"{spec.name}/{place}/{doc.kind}/" + "-".join(c for c in coords if c)
-    seed = job_seed(spec.seed, job_id)
+    job_id, seed = _job_name(spec, place, doc, ai, audience, si, style, n, identity)
     rng = random.Random(seed)
     # Axes the entry does not multiply over are still varied, picked by the job's seed.
     if audience is None:

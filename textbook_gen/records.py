@@ -17,9 +17,10 @@ from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore, StoredResponse
 
 
-def record_for(spec: Curriculum, job: Job, resp: StoredResponse,
-               renderer: PromptRenderer) -> dict[str, Any]:
-    params = {"temperature": job.temperature, "max_tokens": job.max_tokens}
+def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: PromptRenderer,
+               params: dict[str, Any]) -> dict[str, Any]:
+    """``params``: those of the request as it was sent (after a truncation retry, its own)."""
+    params = {k: v for k, v in params.items() if k != "seed"}
     return {
         "id": job.id,
         "text": resp.text or "",
@@ -53,7 +54,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse,
 
 def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
                  limit: int | None) -> Iterator[dict[str, Any]]:
-    for job in jobs(spec, limit):
+    for job in jobs(spec, limit, store.job_identity):
         resp = store.job_response(job.id)
         if resp is not None and resp.status == "ok":
-            yield record_for(spec, job, resp, renderer)
+            yield record_for(spec, job, resp, renderer, store.request_params(resp.key) or {})

@@ -1,30 +1,23 @@
-"""One curriculum, end to end: spec -> jobs -> requests -> engine -> records -> curation -> shards.
+"""One curriculum, end to end: spec -> jobs -> requests -> generator -> store -> outputs.
 
-The CLI calls ``plan`` and ``run_curriculum``; both are plain functions over a validated
-``Curriculum`` so tests and other programs can call them too.
+The orchestrator: the CLI calls ``plan`` and ``run_curriculum``; both are plain functions
+over a validated ``Curriculum`` so tests and other programs can call them too. Every paid
+stage of a run (generation, batch, judge) reserves and accounts in the run's one ``Ledger``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime as dt
-import shutil
-import signal
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbook_gen import __version__
-from textbook_gen.batch import BatchRunner, backend_for
-from textbook_gen.engine import Engine, EngineStats, WorkItem, budget_message
 from textbook_gen.errors import ConfigError, Interrupted, TextbookGenError
 from textbook_gen.expand import Job, count_jobs, jobs
+from textbook_gen.generator import GenerationStats, Generator, WorkItem, drive
+from textbook_gen.ledger import Ledger
+from textbook_gen.progress import Progress
 from textbook_gen.prompts import PromptRenderer
-from textbook_gen.providers import Provider, Request, provider_class
-from textbook_gen.records import iter_records
-from textbook_gen.shards import write_manifest
+from textbook_gen.providers import Provider, provider_class
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore
 from textbook_gen.tokens import ModelPrice, estimate_input_tokens, price_for
@@ -92,6 +85,7 @@ class Plan:
     spent_usd: float  # what the stored answers cost
     price: ModelPrice | None
     examples: list[tuple[Job, str]]  # (job, rendered prompt) for --show
+    judge: JudgePlan | None = None
 
     @property
     def to_send(self) -> int:
@@ -105,23 +99,52 @@ class Plan:
         return self.price.cost(int(self.input_tokens * share),
                                int(self.max_output_tokens * share * output_share))
 
+    def total_cost(self, output_share: float = 1.0) -> float | None:
+        """Generation still to send plus, at most, judging every document."""
+        gen = self.cost(output_share)
+        if self.judge is None:
+            return gen
+        judged = self.judge.cost(output_share)
+        return None if gen is None or judged is None else gen + judged
+
+
+@dataclass
+class JudgePlan:
+    """The judge's share of a run: at most one request per generated document (documents
+    the filters reject first are never judged; scores already stored are not paid again)."""
+
+    provider: str
+    model: str
+    requests: int
+    input_tokens: int  # upper bound: the rubric plus each document at its max_tokens
+    max_output_tokens: int
+    price: ModelPrice | None
+
+    def cost(self, output_share: float = 1.0) -> float | None:
+        if self.price is None:
+            return None
+        return self.price.cost(self.input_tokens, int(self.max_output_tokens * output_share))
+
 
 def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
          out_dir: Path | None = None) -> Plan:
     renderer = PromptRenderer(spec)
     store_path = (out_dir or default_out_dir(spec)) / "run.sqlite"
     store = RunStore(store_path) if store_path.exists() else None
+    identity = store.job_identity if store is not None else "names"
     by_kind: dict[str, int] = {}
     examples: list[tuple[Job, str]] = []
     n = inp = out = stored = 0
     spent = store.totals()["cost_usd"] if store is not None else 0.0
+    judge_cap = 0  # document tokens the judge reads, at most (see judge.MAX_EXTRACT_CHARS)
     try:
-        for job in jobs(spec, limit):
+        for job in jobs(spec, limit, identity):
             req = renderer.render(job)
             n += 1
             by_kind[job.kind] = by_kind.get(job.kind, 0) + 1
             inp += estimate_input_tokens(req.messages)
             out += job.max_tokens
+            judge_cap += min(job.max_tokens, JUDGE_DOCUMENT_TOKENS)
             if store is not None:
                 hit = store.get_response(req.key)
                 stored += hit is not None and hit.status == "ok"
@@ -130,34 +153,38 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
     finally:
         if store is not None:
             store.close()
-    return Plan(n, by_kind, inp, out, stored, spent, spec_price(spec), examples)
+    return Plan(n, by_kind, inp, out, stored, spent, spec_price(spec), examples,
+                _judge_plan(spec, n, judge_cap))
+
+
+JUDGE_DOCUMENT_TOKENS = 3000  # about judge.MAX_EXTRACT_CHARS (12,000 characters) of text
+
+
+def _judge_plan(spec: Curriculum, documents: int, document_tokens: int) -> JudgePlan | None:
+    if not (spec.curation.enabled and spec.curation.judge.enabled) or documents == 0:
+        return None
+    from textbook_gen.curate.judge import judge_model, judge_request
+
+    model = judge_model(spec)
+    rubric = estimate_input_tokens(judge_request({"text": ""}, model, 1).messages)
+    max_tokens = spec.curation.judge.max_tokens
+    return JudgePlan(model.provider, model.name, documents, rubric * documents + document_tokens,
+                     max_tokens * documents,
+                     price_for(model.provider, model.name, spec.prices))
 
 
 # ----------------------------------------------------------------------------- run
 
 
-class Progress:
-    """What a run reports as it goes; the CLI draws it with rich, tests use this silent one."""
-
-    def generation(self, stats: EngineStats,
-                   label: str = "generate") -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()
-
-    def stage(self, name: str, done: int, total: int) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-
 @dataclass
 class RunResult:
     out_dir: Path
-    stats: EngineStats
+    stats: GenerationStats
     records: int
     rejected: int
     failed: list[tuple[str, str, str]]
     manifest: dict[str, Any]
+    ledger: Ledger
 
 
 def check_provider(spec: Curriculum) -> type[Provider]:
@@ -187,6 +214,31 @@ def make_providers(spec: Curriculum) -> list[Provider]:
     ]
 
 
+def _check_paid_stages(spec: Curriculum, batch: bool) -> None:
+    """Everything that can refuse the run does so before anything is paid."""
+    cls = check_provider(spec)
+    if batch and not cls.supports_batch:
+        raise ConfigError(f"the {spec.model.provider} provider has no batch API; run without"
+                          " --batch")
+    if spec.curation.enabled and spec.curation.judge.enabled:
+        from textbook_gen.curate.judge import judge_model
+
+        check_provider(spec.model_copy(update={"model": judge_model(spec)}))
+
+
+def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: bool,
+                   retry_base_delay: float, rate_window: float, poll_interval: float) -> Generator:
+    if batch:
+        from textbook_gen.batch import BatchRunner, backend_for
+
+        return BatchRunner(backend_for(make_providers(spec)[0]), store, spec_price(spec),
+                           ledger=ledger, poll_interval=poll_interval)
+    from textbook_gen.engine import Engine
+
+    return Engine(make_providers(spec), store, spec.engine, spec_price(spec), ledger=ledger,
+                  retry_base_delay=retry_base_delay, rate_window=rate_window)
+
+
 def run_curriculum(
     spec: Curriculum,
     *,
@@ -198,154 +250,54 @@ def run_curriculum(
     batch: bool = False,
     poll_interval: float = 30.0,
 ) -> RunResult:
+    """Generate what is not stored, then curate and write outputs. Jobs that failed are in
+    ``RunResult.failed`` (the CLI exits 5 for them); errors that are not a job's own raise."""
+    from textbook_gen.outputs import write_outputs
+
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
     renderer = PromptRenderer(spec)
     problems = renderer.check()
     if problems:
         raise TextbookGenError("\n".join(problems))
-    providers = make_providers(spec)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with RunStore(out_dir / "run.sqlite") as store:
-        engine: Engine | BatchRunner
-        if batch:
-            engine = BatchRunner(backend_for(providers[0]), store, spec_price(spec),
-                                 poll_interval=poll_interval,
-                                 max_cost_usd=spec.engine.max_cost_usd)
-        else:
-            engine = Engine(providers, store, spec.engine, spec_price(spec),
-                            retry_base_delay=retry_base_delay, rate_window=rate_window)
+    _check_paid_stages(spec, batch)
+    ledger = Ledger(spec.engine.max_cost_usd, spec.engine.max_total_tokens)
+    with RunStore(out_dir / "run.sqlite", exclusive=True) as store:
+        if store.replayed:
+            progress.message(f"loaded {store.replayed} paid answer(s) an earlier run had saved"
+                             " beside the store")
+        generator = make_generator(spec, store, ledger, batch=batch,
+                                   retry_base_delay=retry_base_delay, rate_window=rate_window,
+                                   poll_interval=poll_interval)
         total = job_count(spec, limit)
-        items = (WorkItem(j.id, renderer.render(j)) for j in jobs(spec, limit))
+        identity = store.job_identity
+        items = (WorkItem(j.id, renderer.render(j)) for j in jobs(spec, limit, identity))
         run_id = store.start_run()
-        stats = _drive(engine, items, total, progress)
-        s = stats
-        status = s.stop_reason or "complete"
-        store.finish_run(run_id, status, sent=s.sent, cached=s.cached, failed=s.failed,
-                         cost_usd=s.cost_usd)
+        s = drive(generator, items, total, progress)
+        store.finish_run(run_id, s.stop_reason or "complete", sent=s.sent, cached=s.cached,
+                         failed=s.failed, cost_usd=ledger.spent_usd)
         if s.stop_reason == "budget":
-            raise budget_message(s, spec.engine)
+            raise ledger.exceeded(s.done, s.total)
         if s.stop_reason == "interrupted":
             raise Interrupted(
                 f"stopped: {s.done}/{s.total} jobs done, every answer received is stored in"
                 f" {store.path}. Run the same command again to continue where it stopped."
             )
-        failed = list(store.failures())
-        manifest, kept, rejected = write_outputs(spec, renderer, store, out_dir, limit, progress)
-    return RunResult(out_dir, stats, kept, rejected, failed, manifest)
+        failed = job_failures(spec, store, limit)
+        manifest, kept, rejected = write_outputs(spec, renderer, store, out_dir, jobs=total,
+                                                 failed=len(failed), ledger=ledger,
+                                                 progress=progress)
+    return RunResult(out_dir, s, kept, rejected, failed, manifest, ledger)
 
 
-def _drive(engine: Engine | BatchRunner, items: Iterator[WorkItem], total: int,
-           progress: Progress, label: str = "generate") -> EngineStats:
-    async def main() -> EngineStats:
-        loop = asyncio.get_running_loop()
-        presses = 0
-
-        def on_sigint() -> None:
-            nonlocal presses
-            presses += 1
-            if presses == 1:
-                progress.message("Stopping: no new requests; waiting for those in flight "
-                                 "(press Ctrl-C again to stop at once)")
-                engine.request_stop()
-            else:
-                engine.abort()
-
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-        try:
-            engine.stats.total = total  # the display reads it before the engine starts
-            with progress.generation(engine.stats, label):
-                return await engine.run(items, total)
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGINT)
-            await engine.aclose()
-
-    return asyncio.run(main())
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def make_judge(spec: Curriculum, store: RunStore,
-               progress: Progress) -> Callable[[list[dict[str, Any]]], dict[str, float | None]]:
-    """The LLM judge as curation calls it: scores through the same engine and store as the
-    generation (cached, resumable, counted in cost), with the judge's own model if set."""
-    from textbook_gen.curate.judge import judge_prompt, parse_judge_score
-
-    settings = spec.curation.judge
-    model = spec.model
-    provider_name = settings.provider or model.provider
-    model_name = settings.model or model.name
-    if provider_name != model.provider or model_name != model.name:
-        model = model.model_copy(update={"provider": provider_name, "name": model_name})
-    judge_spec = spec.model_copy(update={"model": model})
-    max_tokens = settings.max_tokens
-
-    def judge(records: list[dict[str, Any]]) -> dict[str, float | None]:
-        items = [
-            WorkItem(f"judge:{r['id']}", Request.build(
-                provider_name, model_name, [("user", judge_prompt(r))],
-                {"max_tokens": max_tokens, "temperature": 0.0, "seed": 0}))
-            for r in records
-        ]
-        engine = Engine(make_providers(judge_spec), store, spec.engine, spec_price(judge_spec))
-        stats = _drive(engine, iter(items), len(items), progress, "judge")
-        if stats.stop_reason == "budget":
-            raise budget_message(stats, spec.engine)
-        if stats.stop_reason == "interrupted":
-            raise Interrupted("stopped while judging; every score received is stored. Run the"
-                              " same command again to continue.")
-        scores: dict[str, float | None] = {}
-        for r, item in zip(records, items, strict=True):
-            stored = store.get_response(item.request.key)
-            ok = stored is not None and stored.status == "ok"
-            scores[r["id"]] = parse_judge_score(stored.text or "") if ok else None  # type: ignore[union-attr]
-        return scores
-
-    return judge
-
-
-def write_outputs(spec: Curriculum, renderer: PromptRenderer, store: RunStore, out_dir: Path,
-                  limit: int | None, progress: Progress) -> tuple[dict[str, Any], int, int]:
-    """Curate the stored answers and write shards, rejects and the manifest.
-
-    Everything here is rebuilt from the store, so old outputs are removed first: a crash
-    here loses no paid work, and a rerun writes them again.
-    """
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    for sub in ("shards", "rejects"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
-    records = iter_records(spec, renderer, store, limit)
-    fmt, per_shard = spec.output.format, spec.output.shard_max_records
-    from textbook_gen.curate.pipeline import curate
-
-    # benchmark files are relative to the spec; with enabled: false curate() keeps everything
-    settings = spec.curation.resolve_paths(spec.source_path.parent)
-    judge = (make_judge(spec, store, progress)
-             if settings.enabled and settings.judge.enabled else None)
-    result = curate(records, settings, out_dir, fmt=fmt, shard_max_records=per_shard,
-                    judge=judge, progress=progress.stage)
-    shards = [*result.shards, *result.rejects]
-    kept = sum(s.records for s in result.shards)
-    rejected = sum(s.records for s in result.rejects)
-    curation = result.to_manifest()
-    totals = store.totals()
-    manifest = {
-        "name": spec.name,
-        "tool": f"textbook-gen {__version__}",
-        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "spec": {"path": str(spec.source_path), "sha256": spec.sha256},
-        "templates": renderer.template_hashes(),
-        "model": {"provider": spec.model.provider, "name": spec.model.name},
-        "format": fmt,
-        "counts": {"jobs": job_count(spec, limit), "records": kept, "rejected": rejected,
-                   "failed": totals["failed"]},
-        "usage": {"input_tokens": totals["input_tokens"],
-                  "output_tokens": totals["output_tokens"], "cost_usd": totals["cost_usd"]},
-        "curation": curation,
-        "shards": [s.to_dict() for s in shards],
-    }
-    write_manifest(out_dir, manifest)
-    return manifest, kept, rejected
+def job_failures(spec: Curriculum, store: RunStore,
+                 limit: int | None) -> list[tuple[str, str, str]]:
+    """(job id, kind, reason) of every job of the spec that did not end with an answer."""
+    failed = []
+    for job in jobs(spec, limit, store.job_identity):
+        resp = store.job_response(job.id)
+        if resp is None:
+            failed.append((job.id, "no_answer", "no request of this job reached an end state"))
+        elif resp.status != "ok":
+            failed.append((job.id, resp.error_kind or "error", resp.error or ""))
+    return failed

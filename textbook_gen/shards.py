@@ -2,6 +2,11 @@
 
 A shard is written under a temporary name, fsynced, then renamed, so a shard that exists is
 complete. Writers handle rotation and naming once; formats only differ in ``_encode``.
+
+A directory's outputs change as a whole: a ``Build`` writes new shards under names no earlier
+build used, beside the old ones; its manifest, written last with one atomic rename, is the
+switch; files no manifest lists are removed after. A kill at any moment leaves either the old
+corpus or the new one. Readers trust the manifest, never a listing of the folder.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -179,19 +185,97 @@ def _iter_jsonl(path: Path, stream: io.TextIOBase) -> Iterator[dict[str, Any]]:
             yield record
 
 
-def shard_files(run_dir: Path, subdir: str = "shards") -> list[Path]:
-    """The complete shards of a run: those the manifest lists, else every shard on disk."""
-    manifest = run_dir / "manifest.json"
-    if manifest.exists():
-        data = json.loads(manifest.read_text("utf-8"))
-        names = [s["name"] for s in data.get("shards", []) if s["name"].startswith(subdir + "/")]
-        return [run_dir / n for n in names]
-    folder = run_dir / subdir
-    if not folder.is_dir():
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """A directory's manifest, None if it has none; an unreadable one is an error."""
+    path = Path(run_dir) / "manifest.json"
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise TextbookGenError(
-            f"{run_dir}: no manifest.json and no {subdir}/ folder: is this a run directory?"
-        )
-    return sorted(p for p in folder.iterdir() if p.name.endswith(FORMATS) and p.name[0] != ".")
+            f"{path}: cannot read the manifest ({e}); rebuild the outputs with the command that"
+            " made them (a rerun of `textbook-gen run` sends nothing already stored)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
+        raise TextbookGenError(f"{path}: not a textbook-gen manifest (no 'shards' list)")
+    return data
+
+
+def shard_files(run_dir: Path, subdir: str = "shards") -> list[Path]:
+    """The shards of a run directory as its manifest lists them, each checked to be whole."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest is None:
+        if (run_dir / "run.sqlite").exists():
+            why = ("its outputs were never completed (a run stopped before writing them);"
+                   " run the same `textbook-gen run` command again to rebuild them from the"
+                   " store: nothing stored is sent again")
+        else:
+            why = "is this a run or curate output directory?"
+        raise TextbookGenError(f"{run_dir}: no manifest.json, so its shards cannot be trusted: {why}")
+    files = []
+    for s in manifest["shards"]:
+        name = str(s.get("name", ""))
+        if not name.startswith(subdir + "/"):
+            continue
+        path = run_dir / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != s.get("bytes"):
+            found = "is missing" if size is None else f"has {size} bytes, not {s.get('bytes')}"
+            raise TextbookGenError(f"{path}: listed in the manifest but {found}; rebuild the"
+                                   " outputs with the command that made them")
+        files.append(path)
+    return files
+
+
+class Build:
+    """One build of a directory's outputs (see the module docstring)."""
+
+    SUBDIRS = ("shards", "rejects")
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.id = uuid.uuid4().hex[:8]
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TextbookGenError(f"{self.root}: cannot create the output directory"
+                                   f" ({e.strerror or e})") from None
+        if not self.root.is_dir():
+            raise TextbookGenError(f"{self.root}: exists and is not a directory; give --out a"
+                                   " directory")
+        self.sweep()
+
+    def writer(self, subdir: str, prefix: str, fmt: str, max_records: int) -> ShardWriter:
+        return ShardWriter(self.root, subdir=subdir, prefix=f"{prefix}-{self.id}", fmt=fmt,
+                           max_records=max_records)
+
+    def temp_path(self, name: str) -> Path:
+        """A scratch file of this build, removed by the next sweep if a crash leaves it."""
+        return self.root / f".build-{self.id}-{name}"
+
+    def commit(self, manifest: dict[str, Any]) -> None:
+        """Switch to this build's outputs (one atomic rename), then remove the old ones."""
+        write_manifest(self.root, manifest)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Remove output files the current manifest does not list: an older build's, or those
+        of a build that was killed before its manifest was written."""
+        try:
+            listed = {s.get("name") for s in (read_manifest(self.root) or {"shards": []})["shards"]}
+        except TextbookGenError:
+            listed = set()  # unreadable: nothing in the folders can be trusted
+        for old in self.root.glob(".build-*"):
+            if not old.name.startswith(f".build-{self.id}-"):
+                old.unlink(missing_ok=True)
+        for sub in self.SUBDIRS:
+            folder = self.root / sub
+            if not folder.is_dir():
+                continue
+            for f in folder.iterdir():
+                if f.is_file() and f"{sub}/{f.name}" not in listed and self.id not in f.name:
+                    f.unlink(missing_ok=True)
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

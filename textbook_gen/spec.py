@@ -145,6 +145,13 @@ class Curriculum(_Strict):
             for t in s.topics:
                 if topic_slugs.setdefault(slugify(t.name), t.name) != t.name:
                     problems.append(f"topic {t.name!r} in {s.name!r} collides with another topic")
+        for axis, values in (("audiences", self.audiences), ("styles", self.styles)):
+            seen: dict[str, str] = {}
+            for v in values:
+                prev = seen.setdefault(slugify(v), v)
+                if prev != v or values.count(v) > 1:
+                    problems.append(f"{axis}: {v!r} collides with {prev!r} (job ids are made"
+                                    " from these names); make them differ")
         kinds = [d.kind for d in self.documents]
         if len(set(kinds)) != len(kinds):
             problems.append("documents: each entry needs its own 'kind'")

@@ -1,21 +1,30 @@
 """The run store: one SQLite file (WAL) per run directory holding every request and response.
 
-The engine writes here as answers arrive and commits in groups at most ``commit_interval``
-seconds apart (fsync'd: ``synchronous=FULL``), so a crash loses at most that much. A request
-is known by its content hash; a stored ``ok`` response is never paid for again.
+Writes go to one writer thread that commits them in groups as fast as the disk allows
+(fsync'd: ``synchronous=FULL``); each write returns a future that resolves once it is
+durable, and the engine waits on it before a worker takes its next job, so a crash loses
+at most the answers of the requests in flight. A write that cannot be committed (disk
+full, a lock held elsewhere) is saved to a rescue file beside the store, loaded by the
+next run, and stops the run with a ``StoreError``. A request is known by its content
+hash; a stored ``ok`` response is never paid for again.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
+import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textbook_gen.errors import TextbookGenError
+from textbook_gen.errors import StoreError, TextbookGenError
 from textbook_gen.providers.base import Request, Response
 
 # Named, ordered migrations: never edit one that has shipped, add a new one.
@@ -79,7 +88,56 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        # Job identity: stores made before job ids came from names keep their position-based
+        # ids ("positions"), so reopening one re-sends nothing; new stores use "names".
+        "003_meta",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta (key, value) SELECT 'job_identity',
+            CASE WHEN EXISTS (SELECT 1 FROM jobs) THEN 'positions' ELSE 'names' END;
+        """,
+    ),
 ]
+
+# Every write the store makes, by name: the rescue file holds (name, args) pairs, never SQL.
+_SQL: dict[str, str] = {
+    "request": "INSERT OR IGNORE INTO requests (key, body, created_at) VALUES (?, ?, ?)",
+    "response": (
+        "INSERT OR REPLACE INTO responses (key, status, text, finish_reason, input_tokens,"
+        " output_tokens, cost_usd, provider, model, response_id, latency_s, attempts,"
+        " error_kind, error, batch_id, created_at)"
+        " VALUES (?, 'ok', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)"
+    ),
+    # a failure never replaces a stored answer
+    "failure": (
+        "INSERT INTO responses (key, status, provider, attempts, error_kind, error, created_at)"
+        " VALUES (?, 'failed', ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
+        " attempts=excluded.attempts, error_kind=excluded.error_kind, error=excluded.error,"
+        " created_at=excluded.created_at WHERE responses.status = 'failed'"
+    ),
+    "link": (
+        "INSERT INTO jobs (job_id, request_key, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT(job_id) DO UPDATE SET request_key = excluded.request_key,"
+        " updated_at = excluded.updated_at WHERE jobs.request_key != excluded.request_key"
+    ),
+    "run_start": "INSERT INTO runs (id, started_at, status) VALUES (?, ?, 'running')",
+    "run_finish": (
+        "UPDATE runs SET finished_at=?, status=?, sent=?, cached=?, failed=?, cost_usd=?"
+        " WHERE id=?"
+    ),
+    "batch_add": (
+        "INSERT INTO batches (id, provider, status, keys, endpoint, created_at, updated_at)"
+        " VALUES (?, ?, 'preparing', ?, ?, ?, ?)"
+    ),
+    "batch_update": (
+        "UPDATE batches SET status=?, remote_id=COALESCE(?, remote_id),"
+        " detail=COALESCE(?, detail), updated_at=? WHERE id=?"
+    ),
+}
+Op = tuple[str, tuple[Any, ...]]
+Queued = tuple[Op, "concurrent.futures.Future[None]"]
+RESCUE_GLOB = "run.sqlite.rescue-*.jsonl"
 
 
 @dataclass(frozen=True)
@@ -105,23 +163,110 @@ class StoredResponse:
 _RESPONSE_COLUMNS = ", ".join(StoredResponse.__dataclass_fields__)
 
 
-class RunStore:
-    def __init__(self, path: Path, *, commit_interval: float = 0.05):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise TextbookGenError(f"{self.path}: cannot open the run store: {e}") from None
-        self.commit_interval = commit_interval
-        self._in_tx = False
-        self._last_commit = time.monotonic()
+def explain_sqlite(path: Path, e: sqlite3.Error, *, busy_timeout: float) -> str:
+    """What a SQLite error means for the user, in words that say what to do."""
+    text = str(e)
+    low = text.lower()
+    if "full" in low:
+        return f"cannot write {path}: the disk is full ({text}); free some space"
+    if "locked" in low or "busy" in low:
+        return (f"cannot write {path}: another process has held its lock for more than"
+                f" {busy_timeout:g} s ({text}); close the program that has it open")
+    if "readonly" in low or "read-only" in low or "permission" in low:
+        return f"cannot write {path}: {text}; check the permissions of {path.parent}"
+    if "disk i/o" in low:
+        return f"cannot write {path}: disk I/O error ({text})"
+    return f"{path}: {text}"
 
-    # -- schema
+
+class _Writer(threading.Thread):
+    """Commits queued operations in groups; resolves each operation's future once durable."""
+
+    def __init__(self, store: RunStore):
+        super().__init__(name="run-store-writer", daemon=True)
+        self.store = store
+        self.q: queue.Queue[Queued | None] = queue.Queue()
+        self.groups = 0
+
+    def run(self) -> None:
+        db = self.store._connect()
+        try:
+            while True:
+                first = self.q.get()
+                if first is None:
+                    return
+                group = [first]
+                stop = False
+                while True:
+                    try:
+                        nxt = self.q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    group.append(nxt)
+                self._commit(db, group)
+                if stop:
+                    return
+        finally:
+            db.close()
+
+    def _commit(self, db: sqlite3.Connection, group: list[Queued]) -> None:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for (name, args), _ in group:
+                db.execute(_SQL[name], args)
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            error = self.store._rescue([op for op, _ in group], e)
+            self.store._error = self.store._error or error
+            for _, fut in group:
+                fut.set_exception(error)
+            return
+        self.groups += 1
+        for _, fut in group:
+            fut.set_result(None)
+
+
+class RunStore:
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0, exclusive: bool = False):
+        """Open (and create) the store. ``exclusive``: hold the run directory's lock, so two
+        runs never write to one store at once."""
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._lock_fd: int | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._take_lock()
+            self.db = self._connect()
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+        except sqlite3.Error as e:
+            self._release_lock()
+            raise StoreError(f"{self.path}: cannot open the run store: "
+                             f"{explain_sqlite(self.path, e, busy_timeout=busy_timeout)}") from None
+        except OSError as e:
+            self._release_lock()
+            raise StoreError(f"{self.path}: cannot open the run store: {e.strerror or e}") from None
+        self._writer: _Writer | None = None
+        self._last: concurrent.futures.Future[None] | None = None
+        self._error: StoreError | None = None  # the first write that could not be committed
+        self._rescued = 0
+        self.replayed = self._replay_rescues()
+        self._next_run_id: int | None = None
+
+    # -- connection and schema
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
     def _migrate(self) -> None:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)"
@@ -130,72 +275,157 @@ class RunStore:
         for name, sql in MIGRATIONS:
             if name in done:
                 continue
-            self.db.execute("BEGIN")
+            self.db.execute("BEGIN IMMEDIATE")
             for stmt in filter(str.strip, sql.split(";")):
                 self.db.execute(stmt)
             self.db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
             self.db.execute("COMMIT")
 
-    # -- transactions: writes join an open transaction; commit() makes them durable
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        if not self._in_tx:
-            self.db.execute("BEGIN")
-            self._in_tx = True
-        self.db.execute(sql, args)
+    def _take_lock(self) -> None:
+        import fcntl
+
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise TextbookGenError(
+                f"{self.path.parent}: another textbook-gen run (pid {holder}) is writing to this"
+                " run directory; wait for it to end, or give this run another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def job_identity(self) -> str:
+        """How job ids are formed in this store: "names" (slugs) or "positions" (legacy)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'job_identity'").fetchone()
+        return str(row[0]) if row else "names"
+
+    # -- writes: queued to the writer thread; each returns a future resolved once durable
+    def _enqueue(self, name: str, args: tuple[Any, ...]) -> concurrent.futures.Future[None]:
+        if self._writer is None:
+            self._writer = _Writer(self)
+            self._writer.start()
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._last = fut
+        self._writer.q.put(((name, args), fut))
+        return fut
 
     def commit(self) -> None:
-        if self._in_tx:
-            self.db.execute("COMMIT")
-            self._in_tx = False
-        self._last_commit = time.monotonic()
-
-    def commit_due(self) -> bool:
-        return self._in_tx and time.monotonic() - self._last_commit >= self.commit_interval
+        """Wait until every write so far is durable; raise ``StoreError`` if one could not be."""
+        if self._last is not None:
+            self._last.exception()  # groups commit in order: the last one done means all are
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
-        self.commit()
-        self.db.close()
+        try:
+            self.commit()
+        finally:
+            if self._writer is not None:
+                self._writer.q.put(None)
+                self._writer.join()
+                self._writer = None
+            self.db.close()
+            self._release_lock()
 
     def __enter__(self) -> RunStore:
         return self
 
-    def __exit__(self, *_: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(StoreError):  # the first error is the one to show
+            self.close()
+
+    # -- rescue: writes that could not be committed are kept beside the store
+    def _rescue(self, ops: list[Op], cause: sqlite3.Error) -> StoreError:
+        """Called by the writer thread with a group it could not commit."""
+        why = explain_sqlite(self.path, cause, busy_timeout=self.busy_timeout)
+        answers = sum(1 for name, _ in ops if name == "response")
+        rescue = self.path.with_name(f"{self.path.name}.rescue-{os.getpid()}.jsonl")
+        try:
+            with open(rescue, "a", encoding="utf-8") as f:
+                for name, args in ops:
+                    f.write(json.dumps([name, list(args)], ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            lost = (f"; {answers} paid answer(s) could not be saved anywhere"
+                    f" ({e.strerror or e}) and will be requested again") if answers else ""
+            return StoreError(why + lost)
+        self._rescued += answers
+        kept = (f"; {self._rescued} paid answer(s) were saved to {rescue.name} and are loaded"
+                " by the next run") if self._rescued else ""
+        return StoreError(f"{why}{kept}. Then run the same command again.")
+
+    def _replay_rescues(self) -> int:
+        """Load rescue files left by an earlier run into the store, then remove them."""
+        replayed = 0
+        for rescue in sorted(self.path.parent.glob(RESCUE_GLOB)):
+            ops: list[Op] = []
+            with open(rescue, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        name, args = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by the crash that left this file
+                    if name in _SQL:
+                        ops.append((name, tuple(args)))
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                for name, args in ops:
+                    self.db.execute(_SQL[name], args)
+                self.db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise StoreError(f"{rescue}: cannot load saved answers into the store: "
+                                 f"{explain_sqlite(self.path, e, busy_timeout=self.busy_timeout)}"
+                                 ) from None
+            replayed += sum(1 for name, _ in ops if name == "response")
+            rescue.unlink()
+        return replayed
 
     # -- requests and responses
-    def put_request(self, req: Request) -> None:
-        self._write(
-            "INSERT OR IGNORE INTO requests (key, body, created_at) VALUES (?, ?, ?)",
-            (req.key, req.canonical_json(), time.time()),
-        )
+    def put_request(self, req: Request) -> concurrent.futures.Future[None]:
+        return self._enqueue("request", (req.key, req.canonical_json(), time.time()))
 
     def get_request(self, key: str) -> Request | None:
         row = self.db.execute("SELECT body FROM requests WHERE key = ?", (key,)).fetchone()
         return Request.from_canonical(json.loads(row[0])) if row else None
 
+    def request_params(self, key: str) -> dict[str, Any] | None:
+        """The parameters of the request as it was sent."""
+        row = self.db.execute("SELECT body FROM requests WHERE key = ?", (key,)).fetchone()
+        return dict(json.loads(row[0])["params"]) if row else None
+
     def put_response(
         self, req: Request, resp: Response, *, cost_usd: float, attempts: int,
         batch_id: str | None = None,
-    ) -> None:
+    ) -> concurrent.futures.Future[None]:
         self.put_request(req)
-        self._write(
-            "INSERT OR REPLACE INTO responses (key, status, text, finish_reason, input_tokens,"
-            " output_tokens, cost_usd, provider, model, response_id, latency_s, attempts,"
-            " error_kind, error, batch_id, created_at)"
-            " VALUES (?, 'ok', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
-            (req.key, resp.text, resp.finish_reason, resp.input_tokens, resp.output_tokens,
-             cost_usd, req.provider, resp.model, resp.response_id, resp.latency_s, attempts,
-             batch_id, time.time()),
-        )
+        return self._enqueue("response", (
+            req.key, resp.text, resp.finish_reason, resp.input_tokens, resp.output_tokens,
+            cost_usd, req.provider, resp.model, resp.response_id, resp.latency_s, attempts,
+            batch_id, time.time()))
 
-    def put_failure(self, req: Request, *, kind: str, error: str, attempts: int) -> None:
+    def put_failure(self, req: Request, *, kind: str, error: str,
+                    attempts: int) -> concurrent.futures.Future[None]:
         """Record that a request ended without a usable answer; a later run tries it again."""
         self.put_request(req)
-        self._write(
-            "INSERT OR REPLACE INTO responses (key, status, provider, attempts, error_kind, error,"
-            " created_at) VALUES (?, 'failed', ?, ?, ?, ?, ?)",
-            (req.key, req.provider, attempts, kind, error[:2000], time.time()),
-        )
+        return self._enqueue("failure", (req.key, req.provider, attempts, kind, error[:2000],
+                                         time.time()))
 
     def get_response(self, key: str) -> StoredResponse | None:
         row = self.db.execute(
@@ -203,13 +433,12 @@ class RunStore:
         ).fetchone()
         return StoredResponse(*row) if row else None
 
-    def link_job(self, job_id: str, key: str) -> None:
-        self._write(
-            "INSERT INTO jobs (job_id, request_key, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT(job_id) DO UPDATE SET request_key = excluded.request_key,"
-            " updated_at = excluded.updated_at",
-            (job_id, key, time.time()),
-        )
+    def job_key(self, job_id: str) -> str | None:
+        row = self.db.execute("SELECT request_key FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def link_job(self, job_id: str, key: str) -> concurrent.futures.Future[None]:
+        return self._enqueue("link", (job_id, key, time.time()))
 
     def job_response(self, job_id: str) -> StoredResponse | None:
         row = self.db.execute(
@@ -237,36 +466,25 @@ class RunStore:
 
     # -- runs
     def start_run(self) -> int:
-        cur = self.db.execute(
-            "INSERT INTO runs (started_at, status) VALUES (?, 'running')", (time.time(),)
-        )
-        return int(cur.lastrowid or 0)
+        last = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()[0]
+        run_id = int(last) + 1
+        self._enqueue("run_start", (run_id, time.time()))
+        return run_id
 
     def finish_run(self, run_id: int, status: str, *, sent: int, cached: int, failed: int,
                    cost_usd: float) -> None:
+        self._enqueue("run_finish", (time.time(), status, sent, cached, failed, cost_usd, run_id))
         self.commit()
-        self.db.execute(
-            "UPDATE runs SET finished_at=?, status=?, sent=?, cached=?, failed=?, cost_usd=?"
-            " WHERE id=?", (time.time(), status, sent, cached, failed, cost_usd, run_id),
-        )
 
     # -- batches (written before the provider is called, so a crash never submits twice)
     def add_batch(self, batch_id: str, provider: str, keys: list[str], endpoint: str) -> None:
         now = time.time()
-        self._write(
-            "INSERT INTO batches (id, provider, status, keys, endpoint, created_at, updated_at)"
-            " VALUES (?, ?, 'preparing', ?, ?, ?, ?)",
-            (batch_id, provider, json.dumps(keys), endpoint, now, now),
-        )
+        self._enqueue("batch_add", (batch_id, provider, json.dumps(keys), endpoint, now, now))
         self.commit()
 
     def update_batch(self, batch_id: str, *, status: str, remote_id: str | None = None,
                      detail: str | None = None) -> None:
-        self._write(
-            "UPDATE batches SET status=?, remote_id=COALESCE(?, remote_id),"
-            " detail=COALESCE(?, detail), updated_at=? WHERE id=?",
-            (status, remote_id, detail, time.time(), batch_id),
-        )
+        self._enqueue("batch_update", (status, remote_id, detail, time.time(), batch_id))
         self.commit()
 
     def batches(self, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:

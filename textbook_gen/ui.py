@@ -18,8 +18,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from textbook_gen.engine import EngineStats
-from textbook_gen.run import Progress as RunProgress
+from textbook_gen.generator import GenerationStats
+from textbook_gen.progress import Progress as RunProgress
 
 
 class RichProgress(RunProgress):
@@ -30,7 +30,7 @@ class RichProgress(RunProgress):
         self._stage_bar: Progress | None = None
 
     @contextlib.contextmanager
-    def generation(self, stats: EngineStats, label: str = "generate") -> Iterator[None]:
+    def generation(self, stats: GenerationStats, label: str = "generate") -> Iterator[None]:
         if not self.enabled:
             yield
             return
@@ -83,7 +83,7 @@ class RichProgress(RunProgress):
         self.console.print(f"[yellow]{text}")
 
 
-def describe(s: EngineStats) -> str:
+def describe(s: GenerationStats) -> str:
     elapsed = max(time.monotonic() - s.started, 1e-6)
     rate = (s.done - s.cached) / elapsed
     parts = [f"{rate:.1f} req/s", f"{s.input_tokens + s.output_tokens:,} tok"]

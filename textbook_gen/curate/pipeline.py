@@ -1,10 +1,13 @@
-"""The curation pipeline: filters -> verify -> judge -> dedup -> decontaminate -> shards.
+"""The curation pipeline: filters -> verify -> judge -> decontaminate -> dedup -> shards.
 
 Two passes over the corpus. Pass 1 streams records through the per-document stages and
 spools survivors to a compressed temporary file while the deduplicator keeps only hashes
-and MinHash digests; pass 2 streams the spool again, drops duplicates and contaminated
-documents, and writes the kept records. Memory follows the number of documents times a
-few hundred bytes, not their text. Every rejected record is written with its reason.
+and MinHash digests; pass 2 streams the spool again, drops duplicates and writes the kept
+records. Decontamination comes before dedup, so a contaminated document never stands for
+(and takes down) a cluster of near-duplicates; a cluster's best record is ranked on its
+text after verification removed failing exercises. Memory follows the number of documents
+times a few hundred bytes, not their text. Every rejected record is written with its reason.
+Outputs go through a ``shards.Build``: the caller's manifest switches them in whole.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from textbook_gen.curate.filters import Filter, default_filters
 from textbook_gen.curate.sandbox import sandbox_layers
 from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.curate.verify import verify_records
-from textbook_gen.shards import ShardInfo, ShardWriter, dumps, iter_records, write_manifest
+from textbook_gen.shards import Build, ShardInfo, dumps, iter_records
+from textbook_gen.tokens import count_tokens
 
 Record = dict[str, Any]
 Judge = Callable[[list[Record]], dict[str, float | None]]
@@ -61,18 +65,16 @@ class CurationResult:
 
 
 class _Curation:
-    def __init__(self, settings: CurationSettings, out_dir: Path, fmt: str, per_shard: int,
+    def __init__(self, settings: CurationSettings, build: Build, fmt: str, per_shard: int,
                  judge: Judge | None, progress: Progress | None):
         self.s = settings
-        self.out_dir = out_dir
         self.judge = judge if settings.judge.enabled else None
         self.progress = progress or (lambda stage, done, total: None)
         self.filters: list[Filter] = default_filters(settings)
         self.counts = {name: StageCount() for name in
-                       ("filters", "verify", "judge", "dedup", "decontaminate")}
-        self.rejects = ShardWriter(out_dir, subdir="rejects", prefix="rejects", fmt=fmt,
-                                   max_records=per_shard)
-        self.kept = ShardWriter(out_dir, fmt=fmt, max_records=per_shard)
+                       ("filters", "verify", "judge", "decontaminate", "dedup")}
+        self.rejects = build.writer("rejects", "rejects", fmt, per_shard)
+        self.kept = build.writer("shards", "part", fmt, per_shard)
         d = settings.dedup
         self.dedup = Deduplicator(settings.near_dup_threshold, num_perm=d.num_perm,
                                   shingle_words=d.shingle_words, exact=d.exact, near=d.near)
@@ -126,6 +128,19 @@ class _Curation:
             out = self._verify(out)
         if self.judge is not None:
             out = self._judge(out)
+        return self._decontaminate(out)
+
+    def _decontaminate(self, records: list[Record]) -> list[Record]:
+        c = self.counts["decontaminate"]
+        out = []
+        for r in records:
+            c.seen += 1
+            hits = self.decontam.check(r.get("text", ""))
+            if hits:
+                self._reject(r, "decontaminate", f"contaminated ({', '.join(hits)})")
+                continue
+            c.kept += 1
+            out.append(r)
         return out
 
     def _verify(self, records: list[Record]) -> list[Record]:
@@ -150,6 +165,7 @@ class _Curation:
                 if v.text != r["text"]:
                     q["exercises_removed"] = v.total - v.passed
                     r["text"] = v.text
+                    q["tokens"] = count_tokens(v.text)  # what is kept is what dedup ranks
             c.kept += 1
             out.append(r)
         return out
@@ -191,10 +207,10 @@ class _Curation:
         dropped, sizes = self.dedup.finish(pairs, texts)
         return {d.index: d for d in dropped}, sizes
 
-    # -- pass 2: duplicates and contamination out, the rest to shards
+    # -- pass 2: duplicates out, the rest to shards
     def second_pass(self, spool_path: Path, total: int, dropped: dict[int, Any],
                     sizes: dict[int, int]) -> None:
-        dd, dc = self.counts["dedup"], self.counts["decontaminate"]
+        dd = self.counts["dedup"]
         for i, record in enumerate(_read_spool(spool_path)):
             dd.seen += 1
             dup = dropped.get(i)
@@ -205,12 +221,6 @@ class _Curation:
             dd.kept += 1
             if i in sizes:
                 record["quality"]["dup_cluster"] = f"{record.get('id', i)}~{sizes[i]}"
-            dc.seen += 1
-            hits = self.decontam.check(record.get("text", ""))
-            if hits:
-                self._reject(record, "decontaminate", f"contaminated ({', '.join(hits)})")
-                continue
-            dc.kept += 1
             self.kept.write(record)
             self.progress("write", i + 1, total)
 
@@ -224,19 +234,18 @@ def _read_spool(path: Path) -> Iterator[Record]:
             yield json.loads(line)
 
 
-def curate(records: Iterable[Record], settings: CurationSettings, out_dir: Path, *,
+def curate(records: Iterable[Record], settings: CurationSettings, build: Build, *,
            fmt: str = "jsonl.zst", shard_max_records: int = 10_000, judge: Judge | None = None,
            progress: Progress | None = None) -> CurationResult:
-    """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/.
+    """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/
+    of ``build`` (the caller commits it with its manifest).
 
     With ``settings.enabled`` false every record is kept (``quality.tokens`` is still filled).
     """
     if not settings.enabled:
         settings = settings.all_stages_off()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    c = _Curation(settings, out_dir, fmt, shard_max_records, judge, progress)
-    spool_path = out_dir / ".curate-spool.jsonl.zst"
+    c = _Curation(settings, build, fmt, shard_max_records, judge, progress)
+    spool_path = build.temp_path("curate-spool.jsonl.zst")
     try:
         with open(spool_path, "wb") as spool:
             total = c.first_pass(records, spool)
@@ -267,14 +276,10 @@ def curate_corpus(inputs: list[Path], out_dir: Path, settings: CurationSettings,
                   fmt: str = "jsonl.zst", shard_max_records: int = 10_000,
                   progress: Progress | None = None) -> CurationResult:
     """``textbook-gen curate``: the same stages on any JSONL/Parquet corpus (no judge)."""
-    out_dir = Path(out_dir)
-    for sub in ("shards", "rejects"):
-        for old in (out_dir / sub).glob("*") if (out_dir / sub).is_dir() else ():
-            old.unlink()
-    (out_dir / "manifest.json").unlink(missing_ok=True)
-    result = curate(_with_ids([Path(p) for p in inputs]), settings, out_dir, fmt=fmt,
+    build = Build(Path(out_dir))
+    result = curate(_with_ids([Path(p) for p in inputs]), settings, build, fmt=fmt,
                     shard_max_records=shard_max_records, progress=progress)
-    write_manifest(out_dir, {
+    build.commit({
         "inputs": [str(p) for p in inputs],
         "settings": settings.model_dump(mode="json"),
         "curation": result.to_manifest(),

@@ -213,11 +213,15 @@ async def post_json(client: Any, sdk: Any, path: str, body: dict[str, Any]) -> t
     except sdk.APIConnectionError as e:
         raise ProviderError(f"connection failed: {e.__cause__ or e}", retryable=True,
                             kind="connection") from None
+    # A 200 whose body is not JSON is a proxy's or gateway's page, not the model's answer:
+    # retried within the run like a 5xx (bounded by max_retries).
     try:
         data = json.loads(raw.content)
     except ValueError:
         snippet = raw.content[:120].decode("utf-8", "replace")
-        raise ProviderError(f"response is not JSON: {snippet!r}", kind="bad_body") from None
+        raise ProviderError(f"response is not JSON: {snippet!r}", retryable=True,
+                            kind="bad_body") from None
     if not isinstance(data, dict):
-        raise ProviderError(f"unexpected response body: {str(data)[:120]!r}", kind="bad_body")
+        raise ProviderError(f"unexpected response body: {str(data)[:120]!r}", retryable=True,
+                            kind="bad_body")
     return data, raw.headers

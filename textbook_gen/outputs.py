@@ -1,0 +1,59 @@
+"""Store -> curated outputs of a run directory: shards, rejects and the manifest.
+
+Everything here is derived from the run store, into a new ``shards.Build`` beside the old
+outputs; the manifest switches to it in one atomic rename. A crash here loses nothing paid
+for and leaves the previous corpus readable; a rerun builds the outputs again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from textbook_gen import __version__
+from textbook_gen.curate.judge import make_judge
+from textbook_gen.curate.pipeline import curate
+from textbook_gen.ledger import Ledger
+from textbook_gen.progress import Progress
+from textbook_gen.prompts import PromptRenderer
+from textbook_gen.records import iter_records
+from textbook_gen.shards import Build
+from textbook_gen.spec import Curriculum
+from textbook_gen.store import RunStore
+
+
+def write_outputs(spec: Curriculum, renderer: PromptRenderer, store: RunStore, out_dir: Path,
+                  *, jobs: int, failed: int, ledger: Ledger,
+                  progress: Progress) -> tuple[dict[str, Any], int, int]:
+    """Curate the stored answers and write the outputs; return (manifest, kept, rejected)."""
+    build = Build(out_dir)
+    records = iter_records(spec, renderer, store, jobs)
+    fmt, per_shard = spec.output.format, spec.output.shard_max_records
+    # benchmark files are relative to the spec; with enabled: false curate() keeps everything
+    settings = spec.curation.resolve_paths(spec.source_path.parent)
+    judge = (make_judge(spec, store, progress, ledger)
+             if settings.enabled and settings.judge.enabled else None)
+    result = curate(records, settings, build, fmt=fmt, shard_max_records=per_shard,
+                    judge=judge, progress=progress.stage)
+    kept = sum(s.records for s in result.shards)
+    rejected = sum(s.records for s in result.rejects)
+    totals = store.totals()
+    manifest = {
+        "name": spec.name,
+        "tool": f"textbook-gen {__version__}",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "spec": {"path": str(spec.source_path), "sha256": spec.sha256},
+        "templates": renderer.template_hashes(),
+        "model": {"provider": spec.model.provider, "name": spec.model.name},
+        "job_identity": store.job_identity,
+        "format": fmt,
+        "counts": {"jobs": jobs, "records": kept, "rejected": rejected, "failed": failed},
+        "usage": {"input_tokens": totals["input_tokens"],
+                  "output_tokens": totals["output_tokens"], "cost_usd": totals["cost_usd"]},
+        "this_run": ledger.to_manifest(),
+        "curation": result.to_manifest(),
+        "shards": [s.to_dict() for s in [*result.shards, *result.rejects]],
+    }
+    build.commit(manifest)
+    return manifest, kept, rejected
