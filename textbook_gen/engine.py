@@ -149,14 +149,14 @@ class Engine:
             else:
                 self.stats.failed += 1
                 self.stats.done += 1
-            self.store.put_failure(req, kind=e.kind, error=str(e), attempts=getattr(e, "attempts", 1))
-            await self._durable(self.store.link_job(job_id, req.key))
+            await self._durable(self.store.put_failure(
+                req, kind=e.kind, error=str(e), attempts=getattr(e, "attempts", 1), job_id=job_id))
             return
         finally:
             self.stats.in_flight -= 1
         cost = self.ledger.settle(hold, resp.input_tokens, resp.output_tokens)
-        self.store.put_response(req, resp, cost_usd=cost, attempts=attempts)
-        await self._durable(self.store.link_job(job_id, req.key))
+        await self._durable(self.store.put_response(req, resp, cost_usd=cost, attempts=attempts,
+                                                    job_id=job_id))
         self._account(resp, cost)
         retry = self._truncation_retry(req, resp.finish_reason)
         if retry is not None:

@@ -136,7 +136,7 @@ _SQL: dict[str, str] = {
     ),
 }
 Op = tuple[str, tuple[Any, ...]]
-Queued = tuple[Op, "concurrent.futures.Future[None]"]
+Queued = tuple[list[Op], "concurrent.futures.Future[None]"]  # one future for a job's writes
 RESCUE_GLOB = "run.sqlite.rescue-*.jsonl"
 
 
@@ -215,14 +215,15 @@ class _Writer(threading.Thread):
     def _commit(self, db: sqlite3.Connection, group: list[Queued]) -> None:
         try:
             db.execute("BEGIN IMMEDIATE")
-            for (name, args), _ in group:
-                db.execute(_SQL[name], args)
+            for ops, _ in group:
+                for name, args in ops:
+                    db.execute(_SQL[name], args)
             db.execute("COMMIT")
         except sqlite3.Error as e:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-            error = self.store._rescue([op for op, _ in group], e)
+            error = self.store._rescue([op for ops, _ in group for op in ops], e)
             self.store._error = self.store._error or error
             for _, fut in group:
                 fut.set_exception(error)
@@ -312,12 +313,16 @@ class RunStore:
 
     # -- writes: queued to the writer thread; each returns a future resolved once durable
     def _enqueue(self, name: str, args: tuple[Any, ...]) -> concurrent.futures.Future[None]:
+        return self._enqueue_all([(name, args)])
+
+    def _enqueue_all(self, ops: list[Op]) -> concurrent.futures.Future[None]:
+        """Queue operations that commit together; the future resolves once they are durable."""
         if self._writer is None:
             self._writer = _Writer(self)
             self._writer.start()
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._last = fut
-        self._writer.q.put(((name, args), fut))
+        self._writer.q.put((ops, fut))
         return fut
 
     def commit(self) -> None:
@@ -412,20 +417,31 @@ class RunStore:
 
     def put_response(
         self, req: Request, resp: Response, *, cost_usd: float, attempts: int,
-        batch_id: str | None = None,
+        batch_id: str | None = None, job_id: str | None = None,
     ) -> concurrent.futures.Future[None]:
-        self.put_request(req)
-        return self._enqueue("response", (
-            req.key, resp.text, resp.finish_reason, resp.input_tokens, resp.output_tokens,
-            cost_usd, req.provider, resp.model, resp.response_id, resp.latency_s, attempts,
-            batch_id, time.time()))
+        """Store an answer (and link ``job_id`` to it): one future for all of it."""
+        now = time.time()
+        ops: list[Op] = [
+            ("request", (req.key, req.canonical_json(), now)),
+            ("response", (req.key, resp.text, resp.finish_reason, resp.input_tokens,
+                          resp.output_tokens, cost_usd, req.provider, resp.model,
+                          resp.response_id, resp.latency_s, attempts, batch_id, now)),
+        ]
+        if job_id is not None:
+            ops.append(("link", (job_id, req.key, now)))
+        return self._enqueue_all(ops)
 
-    def put_failure(self, req: Request, *, kind: str, error: str,
-                    attempts: int) -> concurrent.futures.Future[None]:
+    def put_failure(self, req: Request, *, kind: str, error: str, attempts: int,
+                    job_id: str | None = None) -> concurrent.futures.Future[None]:
         """Record that a request ended without a usable answer; a later run tries it again."""
-        self.put_request(req)
-        return self._enqueue("failure", (req.key, req.provider, attempts, kind, error[:2000],
-                                         time.time()))
+        now = time.time()
+        ops: list[Op] = [
+            ("request", (req.key, req.canonical_json(), now)),
+            ("failure", (req.key, req.provider, attempts, kind, error[:2000], now)),
+        ]
+        if job_id is not None:
+            ops.append(("link", (job_id, req.key, now)))
+        return self._enqueue_all(ops)
 
     def get_response(self, key: str) -> StoredResponse | None:
         row = self.db.execute(
