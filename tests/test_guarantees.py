@@ -367,3 +367,26 @@ def test_batch_refused_for_the_local_provider_without_loading_it(write_spec, tmp
                 env_extra={"PYTHONPATH": str(blocker)})
     assert proc.returncode == 2 and "no batch API" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_dedup_ranks_a_document_by_what_verification_left_of_it(tmp_path):
+    """Two near-twins: A is longer before verification, but its failing exercise is cut, so
+    B (all exercises pass) is longer after it and is the one kept."""
+    from conftest import curate_dir, read_kept
+    from test_curate_pipeline import _records, _settings
+
+    from textbook_gen.tokens import count_tokens
+
+    intro = "## Exercises\n" + " ".join(f"Practice item {i} builds fluency with sums." for i in
+                                         range(40)) + "\n\n"
+    ok = ("## Exercise {n}\nAdd {n}.\n\n### Solution\n```python\ndef add{n}(a):\n    return a + {n}\n"
+          "```\n\n### Tests\n```python\nassert add{n}(1) == {m}\n```\n\n")
+    bad = ok.replace("return a + {n}", "return a - {n}")
+    long_bad = ("Each exercise below has a worked solution and tests that you can run. " * 6)
+    a = intro + ok.format(n=1, m=2) + bad.format(n=2, m=3) + long_bad  # longer, one fails
+    b = intro + ok.format(n=1, m=2) + ok.format(n=2, m=3) + ok.format(n=3, m=4)
+    curate_dir(_records([a, b], kind="exercises"),
+               _settings(min_tokens=5, near_dup_threshold=0.5), tmp_path, fmt="jsonl")
+    kept = read_kept(tmp_path)
+    assert [r["id"] for r in kept] == ["d1"]
+    assert kept[0]["quality"]["tokens"] == count_tokens(kept[0]["text"])
