@@ -82,11 +82,12 @@ def test_samples_of_one_prompt_get_different_words(write_spec):
 
 
 def test_expansion_is_lazy_for_large_specs(tmp_path):
-    """The first jobs of a 10^10-job spec come out under a 1 GB address-space limit: an
+    """The first jobs of a 10^9-job spec (the most a spec may ask for) come out under a 1 GB
+    address-space limit: an
     expansion that built the list (or an itertools.product over the samples) could not."""
     path = tmp_path / "big.yaml"
     topics = ", ".join(f"{{name: t{i}, weight: 1000}}" for i in range(1000))
-    audiences = ", ".join(f"a{i}" for i in range(10))
+    audiences = "a0"
     path.write_text(f"""
 name: big
 audiences: [{audiences}]
@@ -106,5 +107,5 @@ documents: [{{kind: chapter, template: chapter.md.j2, samples: 1000}}]
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                          text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["10000000000", "big/chapter/s/t0/a0/s1/n0",
+    assert out.stdout.split() == ["1000000000", "big/chapter/s/t0/a0/s1/n0",
                                   "big/chapter/s/t0/a0/s1/n2"]

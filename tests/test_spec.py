@@ -102,7 +102,9 @@ def test_missing_template_is_reported_by_validate(write_spec):
     (path.parent / "mine" / "chapter.md.j2").write_text("{{ nosuchvar }}")
     proc = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(path)],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0  # the template loads; undefined variables show at render time
+    # validate renders every template: the undefined variable is found before a run pays
+    assert proc.returncode == 2
+    assert "chapter.md.j2:1: 'nosuchvar' is undefined" in proc.stderr
     (path.parent / "mine" / "chapter.md.j2").write_text("{% if %}")
     proc = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(path)],
                           capture_output=True, text=True, timeout=60)

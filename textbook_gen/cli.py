@@ -77,11 +77,11 @@ def _fail(e: TextbookGenError) -> typer.Exit:
 @app.command()
 def validate(spec: SpecArg) -> None:
     """Check a curriculum: every problem at once, with file, line and key."""
-    from textbook_gen.prompts import PromptRenderer
+    from textbook_gen.checks import spec_problems
     from textbook_gen.run import job_count
 
     s = _load(spec)
-    problems = PromptRenderer(s).check()
+    problems = spec_problems(s)
     if problems:
         raise SpecError(problems)
     out.print(f"[green]ok[/] {spec}: {s.name}, {job_count(s):,} jobs "
@@ -158,6 +158,8 @@ def run(
     s = apply_overrides(_load(spec), Overrides(
         provider=provider, model=model, base_url=base_url or [], concurrency=concurrency,
         max_cost_usd=max_cost, max_total_tokens=max_tokens))
+    if s.curation.enabled and s.curation.verify_code:
+        _show_sandbox(s.curation.verify)
     progress = RichProgress(err, enabled=not quiet and err.is_terminal)
     delay = float(os.environ.get("TEXTBOOK_GEN_RETRY_BASE_DELAY", "1.0"))
     try:
@@ -204,6 +206,12 @@ def curate(
     from textbook_gen.ui import RichProgress
 
     settings = _curation_settings(config)
+    if fmt not in ("jsonl.zst", "jsonl", "parquet"):
+        from textbook_gen.errors import ConfigError
+
+        raise ConfigError(f"--format {fmt}: unknown shard format; use jsonl.zst, jsonl or parquet")
+    if settings.enabled and settings.verify_code:
+        _show_sandbox(settings.verify)
     progress = RichProgress(err, enabled=not quiet and err.is_terminal)
     try:
         result = curate_corpus(list(inputs), out_dir, settings, fmt=fmt,
@@ -215,6 +223,15 @@ def curate(
     err.print(f"[green]done[/] {out_dir}: {kept:,} kept, {rejected:,} rejected "
               f"(reasons: textbook-gen cat {out_dir} --rejects)")
     out.print(str(out_dir))
+
+
+def _show_sandbox(settings: Any) -> None:
+    """Refuse early where model code cannot be confined; otherwise say what confines it."""
+    from textbook_gen.curate.sandbox import sandbox_for
+
+    sandbox = sandbox_for(settings)
+    err.print(escape(sandbox.describe()), style=None if sandbox.strong else "yellow",
+              highlight=False)
 
 
 def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, imported lazily

@@ -4,6 +4,7 @@
     ├── SpecError                    a curriculum file is invalid (exit 2); carries every problem
     ├── TemplateProblem              a prompt template failed to load or render (exit 2)
     ├── ConfigError                  missing API key, missing optional package, bad option (exit 2)
+    ├── InputError                   an input file is unreadable or malformed (exit 2)
     ├── ProviderError                an API call failed; ``retryable`` says whether trying again can help
     │   └── FatalProviderError       auth / unknown model / bad request: stop the whole run (exit 3)
     ├── StoreError                   the run store cannot be written (disk full, lock held): exit 1
@@ -36,6 +37,12 @@ class TemplateProblem(TextbookGenError):
 
 
 class ConfigError(TextbookGenError):
+    exit_code = 2
+
+
+class InputError(TextbookGenError):
+    """A file given to the tool cannot be read as what it claims to be; names file and line."""
+
     exit_code = 2
 
 

@@ -57,17 +57,7 @@ def job_seed(curriculum_seed: int, job_id: str) -> int:
 
 def count_jobs(spec: Curriculum) -> int:
     """Number of jobs ``expand`` yields, computed without expanding."""
-    total = 0
-    topics = [t for s in spec.subjects for t in s.topics]
-    for doc in spec.documents:
-        per_place = sum(t.weight for t in topics) if "topic" in doc.per else len(spec.subjects)
-        mult = 1
-        if "audience" in doc.per:
-            mult *= len(spec.audiences)
-        if "style" in doc.per:
-            mult *= len(spec.styles)
-        total += per_place * mult * doc.samples
-    return total
+    return spec.job_count()
 
 
 IDENTITIES = ("names", "positions")
@@ -99,6 +89,25 @@ def _expand_document(spec: Curriculum, doc: DocumentSpec, identity: str) -> Iter
                     for n in range(samples):
                         yield _make_job(spec, doc, subject, topic, ai, audience, si, style, n,
                                         identity)
+
+
+def distinct_jobs(spec: Curriculum) -> Iterator[Job]:
+    """One job for every distinct combination of the variables a template sees (document,
+    place, audience, style), sample 0: what ``validate`` renders to find template errors that
+    only some jobs reach."""
+    for doc in spec.documents:
+        for subject in spec.subjects:
+            places: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
+            for topic in places:
+                for ai, audience in enumerate(spec.audiences):
+                    for si, style in enumerate(spec.styles):
+                        yield _make_job(spec, doc, subject, topic, ai, audience, si, style, 0)
+
+
+def distinct_job_count(spec: Curriculum) -> int:
+    places = sum(len(s.topics) for s in spec.subjects)
+    per_doc = [places if "topic" in d.per else len(spec.subjects) for d in spec.documents]
+    return sum(per_doc) * len(spec.audiences) * len(spec.styles)
 
 
 def _job_name(spec: Curriculum, place: str, doc: DocumentSpec, ai: int | None,

@@ -8,6 +8,7 @@ of its output is the user message. Undefined variables are errors (StrictUndefin
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,8 @@ from textbook_gen.errors import TemplateProblem
 from textbook_gen.expand import Job
 from textbook_gen.providers.base import Request
 from textbook_gen.spec import Curriculum
+
+CHECK_RENDERS = 5_000  # distinct combinations rendered by validate before it samples
 
 
 def data_dir(name: str) -> Path:
@@ -46,7 +49,8 @@ class PromptRenderer:
         for folder in spec.template_dirs:
             if not folder.is_dir():
                 raise TemplateProblem(
-                    f"{spec.source_path}: templates: folder {folder} does not exist"
+                    f"{spec.where('templates')}: templates: folder {folder} does not exist"
+                    " (it is relative to the spec file)"
                 )
         self.search_path = [*spec.template_dirs, data_dir("prompts")]
         self.env = jinja2.Environment(
@@ -58,14 +62,33 @@ class PromptRenderer:
         self._hashes: dict[str, str] = {}
         self._templates: dict[str, jinja2.Template] = {}
 
-    def check(self) -> list[str]:
-        """Load every template the spec names; return problems instead of raising."""
+    def check(self, *, render: bool = True, max_renders: int = CHECK_RENDERS) -> list[str]:
+        """Load every template the spec names and render it for every distinct combination of
+        the variables it sees (document, place, audience, style; a seeded sample of
+        ``max_renders`` when there are more); return problems instead of raising."""
         problems = []
-        for doc in self.spec.documents:
+        for i, doc in enumerate(self.spec.documents):
             try:
                 self.template(doc.template)
             except TemplateProblem as e:
-                problems.append(str(e))
+                problems.append(f"{self.spec.where('documents', i, 'template')}: {e}")
+        if problems or not render:
+            return problems
+        from textbook_gen.expand import distinct_job_count, distinct_jobs
+
+        total = distinct_job_count(self.spec)
+        keep = 1.0 if total <= max_renders else max_renders / total
+        pick = random.Random(0)
+        seen: set[str] = set()
+        for job in distinct_jobs(self.spec):
+            if keep < 1.0 and pick.random() >= keep:
+                continue
+            try:
+                self.render_prompt(job)
+            except TemplateProblem as e:
+                if str(e) not in seen:  # one line per distinct problem, with one example job
+                    seen.add(str(e))
+                    problems.append(f"{e} (for example job {job.id})")
         return problems
 
     def template(self, name: str) -> jinja2.Template:
@@ -79,6 +102,9 @@ class PromptRenderer:
                 ) from None
             except jinja2.TemplateSyntaxError as e:
                 raise TemplateProblem(f"{e.filename or name}:{e.lineno}: {e.message}") from None
+            except UnicodeDecodeError as e:
+                raise TemplateProblem(f"template {name!r}: not UTF-8 text ({e.reason} at byte"
+                                      f" {e.start}); save it as UTF-8") from None
         return self._templates[name]
 
     def template_sha256(self, name: str) -> str:
@@ -124,9 +150,15 @@ class PromptRenderer:
             raise TemplateProblem(f"{_where(e, tmpl)}: {e.message}") from None
         except jinja2.TemplateError as e:
             raise TemplateProblem(f"{_where(e, tmpl)}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the template's own code failed (1/0, a bad type)
+            raise TemplateProblem(f"{_where(e, tmpl)}: {type(e).__name__}: {e}") from None
         system = getattr(module, "system", None)
         system = str(system).strip() if system is not None else self.spec.model.system
-        return RenderedPrompt(system or None, str(module).strip())
+        user = str(module).strip()
+        if not user:
+            raise TemplateProblem(f"{tmpl.filename or tmpl.name}: renders an empty prompt (the"
+                                  " request would still be paid for); check its conditions")
+        return RenderedPrompt(system or None, user)
 
     def render(self, job: Job) -> Request:
         prompt = self.render_prompt(job)

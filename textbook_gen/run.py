@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbook_gen.errors import ConfigError, Interrupted, TextbookGenError
+from pydantic import ValidationError
+
+from textbook_gen.checks import spec_problems
+from textbook_gen.errors import ConfigError, Interrupted, SpecError
 from textbook_gen.expand import Job, count_jobs, jobs
 from textbook_gen.generator import GenerationStats, Generator, WorkItem, drive
 from textbook_gen.ledger import Ledger
@@ -54,9 +57,23 @@ def apply_overrides(spec: Curriculum, o: Overrides) -> Curriculum:
     data = spec.model_dump(exclude_unset=True)  # keep "unset" visible: providers look at it
     data.setdefault("model", {}).update(model)
     data.setdefault("engine", {}).update(engine)
-    new = Curriculum.model_validate(data)
-    new._source, new._sha256 = spec._source, spec._sha256
+    try:
+        new = Curriculum.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("; ".join(_option_error(x) for x in e.errors())) from None
+    new._source, new._sha256, new._lines = spec._source, spec._sha256, spec._lines
     return new
+
+
+_OPTIONS = {("engine", "max_cost_usd"): "--max-cost", ("engine", "max_total_tokens"): "--max-tokens",
+            ("engine", "concurrency"): "--concurrency", ("model", "provider"): "--provider",
+            ("model", "name"): "--model", ("model", "base_url"): "--base-url"}
+
+
+def _option_error(e: Any) -> str:
+    loc = tuple(x for x in e["loc"] if not isinstance(x, int))
+    name = _OPTIONS.get(loc[:2], ".".join(map(str, loc)))
+    return f"{name}: {e['msg']} (got {e.get('input')!r})"
 
 
 def default_out_dir(spec: Curriculum) -> Path:
@@ -224,6 +241,26 @@ def _check_paid_stages(spec: Curriculum, batch: bool) -> None:
         from textbook_gen.curate.judge import judge_model
 
         check_provider(spec.model_copy(update={"model": judge_model(spec)}))
+    if spec.curation.enabled and spec.curation.verify_code:
+        from textbook_gen.curate.sandbox import sandbox_for
+
+        sandbox_for(spec.curation.verify)  # ConfigError (exit 2): no sandbox, nothing paid yet
+
+
+def _check_run_dir(out_dir: Path) -> None:
+    """Refuse a run directory that cannot hold a run, or whose store was lost while its
+    outputs remain (running would pay again for every request without a word)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory; give a directory")
+    store = out_dir / "run.sqlite"
+    lost = not store.exists() or store.stat().st_size == 0
+    if lost and (out_dir / "manifest.json").exists():
+        what = "is empty" if store.exists() else "is missing"
+        raise ConfigError(
+            f"{store} {what}, but {out_dir} holds the outputs of an earlier run: its paid answers"
+            " are not there to reuse, so running would pay again for every request. Restore"
+            " run.sqlite from a backup, or start over with another --out (or delete"
+            f" {out_dir})")
 
 
 def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: bool,
@@ -257,10 +294,11 @@ def run_curriculum(
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
     renderer = PromptRenderer(spec)
-    problems = renderer.check()
+    problems = spec_problems(spec, renderer)
     if problems:
-        raise TextbookGenError("\n".join(problems))
+        raise SpecError(problems)
     _check_paid_stages(spec, batch)
+    _check_run_dir(out_dir)
     ledger = Ledger(spec.engine.max_cost_usd, spec.engine.max_total_tokens)
     with RunStore(out_dir / "run.sqlite", exclusive=True) as store:
         if store.replayed:

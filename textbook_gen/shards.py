@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from textbook_gen.errors import TextbookGenError
+from textbook_gen.errors import InputError, TextbookGenError
 
 FORMATS = ("jsonl.zst", "jsonl", "parquet")
 
@@ -143,46 +143,97 @@ def _encode(records: list[dict[str, Any]], fmt: str) -> bytes:
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records from a shard file, a plain/zst JSONL or Parquet file, or a run directory."""
+    """Records from a shard file, a plain/zst JSONL or Parquet file, or a run directory.
+    A file that is cut short, corrupt or not UTF-8 raises ``InputError`` naming it."""
     path = Path(path)
     if path.is_dir():
         for shard in shard_files(path):
             yield from iter_records(shard)
         return
     if not path.exists():
-        raise TextbookGenError(f"{path}: no such file or run directory")
-    name = path.name
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        raise InputError(f"{path}: no such file or run directory")
+    if path.name.endswith(".parquet"):
+        yield from _iter_parquet(path)
+        return
+    chunks = _zstd_chunks(path) if path.name.endswith(".zst") else _file_chunks(path)
+    yield from _iter_jsonl(path, chunks)
 
+
+def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             yield from batch.to_pylist()
-        return
-    yield from _iter_jsonl(path, _open_text(path))
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        # the reader owns the file (closefd) and the caller closes the reader
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
-        return io.TextIOWrapper(raw, encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
-def _iter_jsonl(path: Path, stream: io.TextIOBase) -> Iterator[dict[str, Any]]:
-    with stream:
-        for lineno, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TextbookGenError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise TextbookGenError(f"{path}:{lineno}: each line must be a JSON object")
+def _zstd_chunks(path: Path) -> Iterator[bytes]:
+    """Decompressed bytes of every frame; a frame cut short is an error, not an early end."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    d = dctx.decompressobj()
+    started = False
+    try:
+        for raw in _file_chunks(path):
+            while raw:
+                started = True
+                out = d.decompress(raw)
+                if out:
+                    yield out
+                if not d.eof:
+                    break
+                raw = d.unused_data  # the next frame
+                d = dctx.decompressobj()
+                started = False
+    except zstandard.ZstdError as e:
+        raise InputError(f"{path}: not valid zstd data ({e})") from None
+    if started:
+        raise InputError(f"{path}: the zstd data is cut short (the file is truncated); rebuild"
+                         " it with the command that made it")
+
+
+def _iter_jsonl(path: Path, chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    lineno = 0
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for raw in lines:
+            lineno += 1
+            record = _parse_line(path, lineno, raw)
+            if record is not None:
+                yield record
+    if rest:
+        record = _parse_line(path, lineno + 1, rest)
+        if record is not None:
             yield record
+
+
+def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column"
+                         f" {e.start + 1}); JSONL must be UTF-8") from None
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}:{lineno}: each line must be a JSON object")
+    return record
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
@@ -193,11 +244,13 @@ def read_manifest(run_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise TextbookGenError(
+        raise InputError(
             f"{path}: cannot read the manifest ({e}); rebuild the outputs with the command that"
             " made them (a rerun of `textbook-gen run` sends nothing already stored)") from None
-    if not isinstance(data, dict) or not isinstance(data.get("shards"), list):
-        raise TextbookGenError(f"{path}: not a textbook-gen manifest (no 'shards' list)")
+    if not isinstance(data, dict) or not isinstance(data.get("shards"), list) or not all(
+            isinstance(x, dict) for x in data["shards"]):
+        raise InputError(f"{path}: not a textbook-gen manifest (no list of shards); rebuild the"
+                         " outputs with the command that made them")
     return data
 
 
@@ -239,11 +292,11 @@ class Build:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise TextbookGenError(f"{self.root}: cannot create the output directory"
-                                   f" ({e.strerror or e})") from None
+            raise InputError(f"{self.root}: cannot create the output directory"
+                             f" ({e.strerror or e}); give --out a directory you can write") from None
         if not self.root.is_dir():
-            raise TextbookGenError(f"{self.root}: exists and is not a directory; give --out a"
-                                   " directory")
+            raise InputError(f"{self.root}: exists and is not a directory; give --out a"
+                             " directory")
         self.sweep()
 
     def writer(self, subdir: str, prefix: str, fmt: str, max_records: int) -> ShardWriter:

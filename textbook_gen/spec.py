@@ -32,10 +32,11 @@ from textbook_gen.errors import SpecError
 Axis = Literal["subject", "topic", "audience", "style"]
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
 DEFAULT_PER: tuple[Axis, ...] = ("topic", "audience", "style")
+MAX_JOBS = 1_000_000_000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSettings(_Strict):
@@ -132,6 +133,7 @@ class Curriculum(_Strict):
 
     _source: Path = PrivateAttr(default=Path("<memory>"))
     _sha256: str = PrivateAttr(default="")
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Curriculum:
@@ -155,13 +157,32 @@ class Curriculum(_Strict):
         kinds = [d.kind for d in self.documents]
         if len(set(kinds)) != len(kinds):
             problems.append("documents: each entry needs its own 'kind'")
+        total = self.job_count()
+        if total > MAX_JOBS:
+            problems.append(f"documents: this spec asks for {total:,} jobs; the most one spec may"
+                            f" ask for is {MAX_JOBS:,} (lower samples, topic weights or axes)")
         if problems:
             raise ValueError("; ".join(sorted(set(problems))))
         return self
 
+    def job_count(self) -> int:
+        """How many jobs the spec expands to, by arithmetic (never by enumerating them)."""
+        total = 0
+        weights = sum(t.weight for s in self.subjects for t in s.topics)
+        for doc in self.documents:
+            places = weights if "topic" in doc.per else len(self.subjects)
+            mult = (len(self.audiences) if "audience" in doc.per else 1) * (
+                len(self.styles) if "style" in doc.per else 1)
+            total += places * mult * doc.samples
+        return total
+
     @property
     def source_path(self) -> Path:
         return self._source
+
+    def where(self, *loc: Any) -> str:
+        """``file:line`` of a key path in the spec file (the nearest line known)."""
+        return f"{self._source}:{_line_for(tuple(loc), self._lines)}"
 
     @property
     def sha256(self) -> str:
@@ -202,22 +223,93 @@ def load_curriculum(path: str | Path) -> Curriculum:
         raise SpecError(_format_errors(path, e, lines)) from None
     spec._source = path.resolve()
     spec._sha256 = hashlib.sha256(raw).hexdigest()
+    spec._lines = lines
     return spec
+
+
+MAX_YAML_VALUES = 200_000  # after aliases are expanded: a spec is hand-written, not a data dump
+MAX_YAML_DEPTH = 64
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+         b"\xfe\xff": "UTF-16"}
+
+
+def _decode(path: Path, raw: bytes) -> tuple[str | None, str | None]:
+    """The text of a spec file, or a problem that names the line."""
+    for bom, name in _BOMS.items():
+        if raw.startswith(bom):
+            return None, (f"{path}:1: the file is {name} text; save it as UTF-8 (most editors:"
+                          " 'Save with encoding')")
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        return None, (f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column"
+                      f" {column}); save the file as UTF-8")
+
+
+def _measure(path: Path, root: yaml.Node) -> str | None:
+    """Refuse alias bombs, recursive aliases and deep nesting before anything walks the data."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        line = node.start_mark.line + 1
+        if key in open_nodes:
+            raise _YamlLimit(f"{path}:{line}: an alias refers to the value that contains it"
+                             " (a recursive structure); a spec cannot be recursive")
+        if depth > MAX_YAML_DEPTH:
+            raise _YamlLimit(f"{path}:{line}: values nested more than {MAX_YAML_DEPTH} levels"
+                             " deep; a curriculum spec never needs that")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(v, depth + 1) for v in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise _YamlLimit(f"{path}:{line}: this value expands (through YAML aliases) to more"
+                             f" than {MAX_YAML_VALUES:,} values; write the spec without such"
+                             " aliases")
+        sizes[key] = total
+        return total
+
+    try:
+        size(root, 0)
+    except _YamlLimit as e:
+        return str(e)
+    return None
+
+
+class _YamlLimit(Exception):
+    pass
 
 
 def _parse_yaml(
     path: Path, raw: bytes
 ) -> tuple[Any, dict[tuple[Any, ...], int], list[str]]:
+    text, problem = _decode(path, raw)
+    if text is None:
+        return None, {}, [problem or f"{path}: cannot decode"]
     try:
-        text = raw.decode("utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        problem = _measure(path, node) if node is not None else None
+        if problem:
+            return None, {}, [problem]
         data = yaml.safe_load(text)
-    except UnicodeDecodeError as e:
-        return None, {}, [f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         return None, {}, [f"{path}:{line}: YAML syntax: {e.problem or e.context}"]
+    except yaml.YAMLError as e:
+        return None, {}, [f"{path}: YAML: {e}"]
+    except RecursionError:
+        return None, {}, [f"{path}: values nested too deep to read; a curriculum spec never"
+                          " needs that"]
     lines: dict[tuple[Any, ...], int] = {}
     problems: list[str] = []
     if node is not None:
@@ -230,7 +322,7 @@ def _index_lines(node: yaml.Node, key: tuple[Any, ...], out: dict, problems: lis
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for k, v in node.value:
-            name = k.value
+            name = k.value if isinstance(k, yaml.ScalarNode) else f"<{k.tag.rsplit(':', 1)[-1]}>"
             if name in seen:
                 line = k.start_mark.line + 1
                 problems.append(f"{path}:{line}: {_dotted(key + (name,))}: key appears twice")
@@ -257,13 +349,13 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
     return 1
 
 
-def _format_errors(path: Path, err: ValidationError, lines: dict) -> list[str]:
+def _format_errors(path: Path, err: ValidationError, lines: dict, root: Any = None) -> list[str]:
     problems = []
     for e in err.errors():
         loc = tuple(e["loc"])
         where = f"{path}:{_line_for(loc, lines)}: {_dotted(loc)}"
         if e["type"] == "extra_forbidden":
-            allowed = list(_fields_at(loc[:-1]))
+            allowed = list(_fields_at(loc[:-1], root))
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
             fix = f"did you mean '{hint[0]}'?" if hint else f"allowed keys: {', '.join(allowed)}"
             problems.append(f"{where}: unknown key ({fix})")
@@ -277,15 +369,19 @@ def _format_errors(path: Path, err: ValidationError, lines: dict) -> list[str]:
     return problems
 
 
-def _fields_at(loc: tuple[Any, ...]) -> Iterator[str]:
+def _fields_at(loc: tuple[Any, ...], root: Any = None) -> Iterator[str]:
     """The keys allowed at a location, for did-you-mean hints."""
-    cls: Any = Curriculum
+    root = root or Curriculum
+    cls: Any = root
+    skip_key = False  # the part after a dict-valued field is a key the user chose
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or skip_key:
+            skip_key = False
             continue
         field = cls.model_fields.get(part) if _is_model(cls) else None
         if field is None:
             return iter(())
+        skip_key = typing.get_origin(field.annotation) is dict
         cls = _model_in(field.annotation)
         if cls is None:
             return iter(())

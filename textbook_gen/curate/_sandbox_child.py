@@ -1,174 +1,104 @@
-"""The first code a sandboxed exercise interpreter runs (``python -I -c <this file>``).
+"""The harness: the first code a sandboxed interpreter runs (``python -I -S -c <this file>``).
 
-It lowers the process's own rlimits, confines the file system and TCP with Landlock where the
-kernel has it (a real kernel boundary), installs an audit hook (defence in depth, and the only
-file guard where Landlock is missing), and only then runs ``exercise.py`` from the throwaway
-directory it was started in. argv: memory bytes, CPU seconds, file-size bytes. Standard
+It reads the run's nonce from stdin, lowers its own rlimits, runs the exercise as a module
+named ``exercise`` (so an ``if __name__ == "__main__":`` block stays off), then the unittest
+cases and zero-argument ``test*`` functions it defined, and only then writes the nonce to the
+verdict descriptor. Anything that ends the program sooner (an exception, ``SystemExit``,
+``os._exit``, an atexit hook) leaves no nonce there: a failure. argv: exercise file, verdict
+descriptor, memory bytes, CPU seconds, file-size bytes, tasks (0: leave as is). Standard
 library only; not imported by the package.
 """
 
 import os
 import sys
 
-EXIT_SANDBOX_FAILED = 97
-# Landlock file-system rights (linux/landlock.h); the ABI version says which exist
-_EXECUTE, _WRITE_FILE, _READ_FILE, _READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-_MAKE_CHAR, _MAKE_BLOCK, _REFER, _TRUNCATE, _IOCTL_DEV = 1 << 6, 1 << 11, 1 << 13, 1 << 14, 1 << 15
-_FILE_RIGHTS = _EXECUTE | _WRITE_FILE | _READ_FILE | _TRUNCATE | _IOCTL_DEV
+CO_COROUTINE = 0x80
+EXIT_FAILED = 1
 
 
-def set_limits(memory: int, cpu: int, fsize: int) -> None:
+def set_limits(memory: int, cpu: int, fsize: int, tasks: int) -> None:
     import resource
 
-    for what, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, cpu),
-                        (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0)):
+    limits = [(resource.RLIMIT_AS, memory), (resource.RLIMIT_CPU, cpu),
+              (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0),
+              (resource.RLIMIT_NOFILE, 256)]
+    if tasks:
+        limits.append((resource.RLIMIT_NPROC, tasks))
+    for what, value in limits:
         resource.setrlimit(what, (value, value))
 
 
-def landlock(root: str, readable: list[str]) -> int:
-    """Restrict this process: everything beneath ``root``, reading beneath ``readable``, no
-    other file access, no TCP bind/connect, no signals out. Returns the ABI used, 0 if the
-    kernel has no Landlock (then only the audit hook guards files)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    create, add_rule, restrict = 444, 445, 446  # the same numbers on x86_64 and arm64
-    abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # version query
-    if abi < 1:
-        return 0
-    fs = (1 << 13) - 1
-    fs |= (_REFER if abi >= 2 else 0) | (_TRUNCATE if abi >= 3 else 0) | (_IOCTL_DEV if abi >= 5 else 0)
-    net = 0b11 if abi >= 4 else 0  # bind and connect TCP
-    scoped = 0b11 if abi >= 6 else 0  # abstract unix sockets and signals
-    attr = (ctypes.c_uint64 * 3)(fs, net, scoped)
-    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    ruleset = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-    if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
-
-    class PathBeneath(ctypes.Structure):
-        _pack_ = 1
-        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-    rules = [(root, fs & ~(_EXECUTE | _MAKE_CHAR | _MAKE_BLOCK))]
-    rules += [(p, _READ_FILE | _READ_DIR) for p in readable]
-    rules.append(("/dev/null", _READ_FILE | _WRITE_FILE))
-    for path, rights in rules:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            continue  # a folder this machine does not have
-        try:
-            import stat
-
-            if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                rights &= _FILE_RIGHTS
-            rule = PathBeneath(rights & fs, fd)
-            if libc.syscall(add_rule, ruleset, 1, ctypes.byref(rule), 0) != 0:
-                raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
-        finally:
-            os.close(fd)
-    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required by restrict_self
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    if libc.syscall(restrict, ruleset, 0) != 0:
-        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-    os.close(ruleset)
-    return abi
+def takes_no_arguments(f) -> bool:  # noqa: ANN001 - any function
+    code = f.__code__
+    return (code.co_argcount == len(f.__defaults__ or ())
+            and code.co_kwonlyargcount == len(f.__kwdefaults__ or {}))
 
 
-def audit_hook(root: str, readable: tuple[str, ...]):  # noqa: ANN201 - a closure
-    """The hook refuses network, processes, ctypes, and file access outside ``root`` (reads
-    also within ``readable``). Everything it uses is bound now, in the closure, so exercise
-    code cannot weaken it by patching ``os``, ``os.path`` or builtins afterwards."""
-    import posix
+def run_defined_tests(module) -> None:  # noqa: ANN001 - a module
+    """Run what the exercise defined but, as a module, did not run itself: unittest cases
+    (the usual ``unittest.main()`` sits under ``if __name__ == "__main__"``) and pytest-style
+    ``test*`` functions. Without this a test suite that is never called would pass."""
+    import types
 
-    getcwd, is_str, is_bytes = posix.getcwd, str, bytes
-    blocked = frozenset({
-        "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-        "os.forkpty", "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "os.symlink",
-        "os.link", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-    })
-    writes = frozenset({"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
-                        "os.truncate", "shutil.rmtree", "os.utime", "os.chflags", "os.lchflags",
-                        "os.setxattr", "os.removexattr"})
-    reads = frozenset({"os.listdir", "os.scandir", "os.chdir", "glob.glob", "os.getxattr",
-                       "os.listxattr"})
-    af_unix = 1
-    wflags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    defined = [v for v in list(vars(module).values())
+               if getattr(v, "__module__", None) == module.__name__]
+    unittest = sys.modules.get("unittest")  # no TestCase exists unless the exercise imported it
+    cases = [c for c in defined if isinstance(c, type) and unittest is not None
+             and issubclass(c, unittest.TestCase)]
+    if cases and unittest is not None:
+        loader = unittest.defaultTestLoader
+        suite = unittest.TestSuite([loader.loadTestsFromTestCase(c) for c in cases])
+        result = unittest.TextTestRunner(stream=sys.stderr, verbosity=1).run(suite)
+        if not result.wasSuccessful():
+            raise AssertionError("unittest cases failed")
+    for f in defined:
+        if (isinstance(f, types.FunctionType) and f.__name__.startswith("test")
+                and takes_no_arguments(f)):
+            if f.__code__.co_flags & CO_COROUTINE:
+                import asyncio
 
-    def absolute(path: object) -> str | None:
-        if type(path) is is_bytes:
-            path = path.decode("utf-8", "surrogateescape")
-        if type(path) is not is_str:
-            return None
-        if not path.startswith("/"):
-            path = getcwd() + "/" + path
-        parts: list[str] = []
-        for part in path.split("/"):  # lexical: no symlink can be made in the sandbox
-            if part == "..":
-                if parts:
-                    parts.pop()
-            elif part and part != ".":
-                parts.append(part)
-        return "/" + "/".join(parts)
+                asyncio.run(f())
+            else:
+                f()
 
-    def beneath(path: str, roots: tuple[str, ...]) -> bool:
-        for r in roots:  # noqa: SIM110 - any() is a builtin the exercise could replace
-            if path == r or path.startswith(r + "/"):
-                return True
-        return False
 
-    def refuse(what: str) -> None:
-        raise PermissionError(f"sandbox: {what}")
-
-    def hook(event: str, args: tuple) -> None:
-        # a local AF_UNIX socket may be made (asyncio's self-pipe); it cannot connect
-        local = event == "socket.__new__" and len(args) > 1 and args[1] == af_unix
-        if event.startswith("socket.") and event != "socket.gethostname" and not local:
-            refuse("network access is blocked")
-        if event in blocked or event.startswith("ctypes."):
-            refuse(f"{event} is blocked")
-        if event == "open":
-            path, mode, flags = args
-            if type(path) is int:
-                return  # an already open descriptor
-            p = absolute(path)
-            if p is None or beneath(p, (root,)):
-                return
-            writing = bool((flags or 0) & wflags) or (
-                mode is not None and ("w" in mode or "a" in mode or "x" in mode or "+" in mode))
-            # mode None is os.open: a descriptor of an outside folder would let dir_fd escape
-            if writing or mode is None or not beneath(p, readable):
-                refuse(f"no access to {p} outside the exercise folder")
-        elif event in writes or event in reads:
-            # descriptors (int paths) are let through: one for a folder outside could only
-            # come from os.open, which is refused above
-            allowed = (root,) if (event in writes or event == "os.chdir") else (root, *readable)
-            for path in args[:2] if event == "os.rename" else args[:1]:
-                p = absolute(path)
-                if p is not None and not beneath(p, allowed):
-                    refuse(f"{event} outside the exercise folder is blocked")
-
-    return hook
+def flush() -> None:
+    """What the exercise printed comes before the traceback and the verdict."""
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - no import here: this also runs after a MemoryError
+            stream.flush()
+        except Exception:  # a closed or replaced stream: its output is lost, nothing else
+            pass
 
 
 def main() -> None:
-    memory, cpu, fsize = (int(x) for x in sys.argv[1:4])
-    root = os.path.realpath(os.getcwd())
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    readable = sorted({p for x in prefixes for p in (x, os.path.realpath(x))}
-                      | {"/usr", "/lib", "/lib64"})
+    path, verdict_fd, memory, cpu, fsize, tasks = sys.argv[1], *map(int, sys.argv[2:7])
+    nonce = sys.stdin.buffer.readline().strip()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # the exercise reads an empty stdin, never the nonce
+    os.close(devnull)
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), path, "exec")
+    module = type(sys)("exercise")
+    module.__file__ = path
+    sys.modules["exercise"] = module
+    sys.argv = [path]
+    set_limits(memory, cpu, fsize, tasks)
     try:
-        landlock(root, readable)
-    except OSError as e:
-        print(f"sandbox: could not confine the file system: {e}", file=sys.stderr)
-        raise SystemExit(EXIT_SANDBOX_FAILED) from None
-    set_limits(memory, cpu, fsize)  # after ctypes is loaded, so a small memory limit leaves it room
-    with open("exercise.py", encoding="utf-8") as f:
-        code = compile(f.read(), "exercise.py", "exec")
-    sys.addaudithook(audit_hook(root, tuple(readable)))
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+        exec(code, module.__dict__)
+        run_defined_tests(module)
+    except SystemExit as e:
+        flush()
+        print(f"SystemExit({e.code!r}) before every test ran: counted as a failure",
+              file=sys.stderr)
+        os._exit(EXIT_FAILED)
+    except BaseException:
+        flush()
+        sys.__excepthook__(*sys.exc_info())  # in C: nothing to import under a memory limit
+        os._exit(EXIT_FAILED)
+    flush()
+    os.write(verdict_fd, nonce + b"\n")
+    os._exit(0)  # no atexit hook or thread of the exercise runs after the verdict
 
 
 if __name__ == "__main__":

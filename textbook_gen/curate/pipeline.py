@@ -253,7 +253,8 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
         c.second_pass(spool_path, total, dropped, sizes)
     finally:
         spool_path.unlink(missing_ok=True)
-    sandbox = sandbox_layers() if c.counts["verify"].seen and settings.verify_code else []
+    sandbox = (sandbox_layers(settings.verify)
+               if c.counts["verify"].seen and settings.verify_code else [])
     return CurationResult(c.kept.close(), c.rejects.close(), c.counts, c.decontam.report(), sandbox)
 
 

@@ -32,11 +32,21 @@ class RepetitionSettings(_Strict):
 
 
 class VerifySettings(_Strict):
+    """How exercises are run: the sandbox and its limits (docs/sandbox.md)."""
+
     timeout_s: float = Field(10.0, gt=0, le=600)
-    memory_mb: int = Field(512, ge=32)
+    memory_mb: int = Field(512, ge=32, description="address space per process")
+    disk_mb: int = Field(64, ge=1, le=4096, description="the writable tmpfs in the sandbox")
+    max_processes: int = Field(64, ge=2, le=4096, description="processes and threads "
+                               "inside the sandbox")
     workers: int | None = Field(None, ge=1, description="default: the number of CPU cores")
     keep_partial: bool = Field(True, description="keep a document with only its passing "
                                "exercises; false rejects it if any exercise fails")
+    bwrap: str = Field("bwrap", min_length=1, description="the bubblewrap program: a name "
+                       "looked up on PATH, or a path")
+    allow_unsandboxed: bool = Field(False, description="where bubblewrap cannot run, run "
+                                    "exercises without isolation (rlimits only) instead of "
+                                    "refusing")
 
 
 class JudgeSettings(_Strict):

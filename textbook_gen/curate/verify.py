@@ -1,5 +1,6 @@
 """Verified exercises, second stage of curation: run each exercise's solution with its tests
-in the sandbox (``sandbox.py``) and keep the exercises that pass.
+in the sandbox (``sandbox.py``) and keep the exercises that pass. Where no sandbox may run,
+the first exercise raises ``ConfigError`` and none runs.
 
 Checkers are a registry keyed by the solution's language, so others (e.g. numeric answers
 checked with sympy) can be added with ``register_checker``.
@@ -72,7 +73,9 @@ def verify_document(text: str, s: VerifySettings) -> DocumentVerdict | None:
 
 
 def verify_records(records: list[dict[str, Any]], s: VerifySettings) -> list[DocumentVerdict | None]:
-    """Verify many documents in parallel (each exercise is its own process)."""
+    """Verify many documents in parallel (each exercise is its own process). Where exercises
+    may not run (no working bubblewrap and ``allow_unsandboxed`` off), the first document
+    with one raises ``ConfigError`` before any of them runs."""
     workers = s.workers or os.cpu_count() or 2
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda r: verify_document(r.get("text", ""), s), records))
