@@ -109,3 +109,23 @@ documents: [{{kind: chapter, template: chapter.md.j2, samples: 1000}}]
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["1000000000", "big/chapter/s/t0/a0/s1/n0",
                                   "big/chapter/s/t0/a0/s1/n2"]
+
+
+def test_job_at_finds_every_job_by_index(tmp_path):
+    from textbook_gen.expand import job_at
+
+    path = tmp_path / "s.yaml"
+    path.write_text("""
+name: multi
+audiences: [a, b, c]
+styles: [x, y]
+subjects:
+  - {name: S1, topics: [t1, {name: t2, weight: 3}]}
+  - {name: S2, topics: [t3]}
+documents:
+  - {kind: chapter, template: chapter.md.j2, per: [topic, audience, style], samples: 2}
+  - {kind: exercises, template: exercises.md.j2, per: [subject], samples: 3}
+""")
+    spec = load_curriculum(path)
+    every = list(expand(spec))
+    assert [job_at(spec, i) for i in range(len(every))] == every

@@ -108,7 +108,10 @@ def plan(
     for job, prompt in p.examples:
         out.rule(f"[bold]{job.id}")
         out.print(prompt, markup=False, highlight=False)
-    t = Table(title=f"plan: {s.name} on {s.model.provider}/{s.model.name}", show_header=False)
+    title = f"plan: {s.name} on {s.model.provider}/{s.model.name}"
+    if p.sampled:
+        title += f" (estimated from {p.sampled:,} sampled jobs)"
+    t = Table(title=title, show_header=False)
     t.add_row("jobs", f"{p.jobs:,}  ({', '.join(f'{k}: {v:,}' for k, v in p.by_kind.items())})")
     t.add_row("already stored", f"{p.stored:,}  (not sent again; they cost {money(p.spent_usd)})")
     t.add_row("requests to send", f"{p.to_send:,}")
@@ -239,23 +242,12 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
 
     if path is None:
         return CurationSettings()
-    import yaml
-    from pydantic import ValidationError
+    from textbook_gen.spec import load_curriculum, load_yaml_model
 
-    try:
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise SpecError([f"{path}: cannot read curation settings: {e}"]) from None
+    data = load_yaml_model(path)  # every problem with its line, like a spec
     if isinstance(data, dict) and "subjects" in data:  # a whole curriculum: use its section
-        from textbook_gen.spec import load_curriculum
-
         return load_curriculum(path).curation.resolve_paths(path.parent)
-    try:
-        settings = CurationSettings.model_validate(data)
-    except ValidationError as e:
-        raise SpecError([f"{path}: {'.'.join(map(str, x['loc']))}: {x['msg']}"
-                         for x in e.errors()]) from None
-    return settings.resolve_paths(path.parent)
+    return load_yaml_model(path, CurationSettings).resolve_paths(path.parent)
 
 
 @app.command()

@@ -91,6 +91,27 @@ def _expand_document(spec: Curriculum, doc: DocumentSpec, identity: str) -> Iter
                                         identity)
 
 
+def job_at(spec: Curriculum, index: int, identity: str = "names") -> Job:
+    """The job ``expand`` yields at ``index``, found by arithmetic over the cross product
+    (places, then audiences, styles and samples), without enumerating the jobs before it."""
+    for doc in spec.documents:
+        audiences = list(enumerate(spec.audiences)) if "audience" in doc.per else [(None, None)]
+        styles = list(enumerate(spec.styles)) if "style" in doc.per else [(None, None)]
+        for subject in spec.subjects:
+            places: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
+            for topic in places:
+                samples = doc.samples * (topic.weight if topic else 1)
+                size = len(audiences) * len(styles) * samples
+                if index >= size:
+                    index -= size
+                    continue
+                a, rest = divmod(index, len(styles) * samples)
+                st, n = divmod(rest, samples)
+                (ai, audience), (si, style) = audiences[a], styles[st]
+                return _make_job(spec, doc, subject, topic, ai, audience, si, style, n, identity)
+    raise IndexError(index)
+
+
 def distinct_jobs(spec: Curriculum) -> Iterator[Job]:
     """One job for every distinct combination of the variables a template sees (document,
     place, audience, style), sample 0: what ``validate`` renders to find template errors that

@@ -103,6 +103,7 @@ class Plan:
     price: ModelPrice | None
     examples: list[tuple[Job, str]]  # (job, rendered prompt) for --show
     judge: JudgePlan | None = None
+    sampled: int | None = None  # past PLAN_EXACT jobs: figures scaled from this many renders
 
     @property
     def to_send(self) -> int:
@@ -143,10 +144,15 @@ class JudgePlan:
         return self.price.cost(self.input_tokens, int(self.max_output_tokens * output_share))
 
 
+PLAN_EXACT = 20_000  # jobs plan renders one by one; past this it estimates from a sample
+
+
 def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
          out_dir: Path | None = None) -> Plan:
     renderer = PromptRenderer(spec)
     store_path = (out_dir or default_out_dir(spec)) / "run.sqlite"
+    if job_count(spec, limit) > PLAN_EXACT:
+        return _plan_estimate(spec, renderer, limit, show, store_path)
     store = RunStore(store_path) if store_path.exists() else None
     identity = store.job_identity if store is not None else "names"
     by_kind: dict[str, int] = {}
@@ -175,6 +181,43 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
 
 
 JUDGE_DOCUMENT_TOKENS = 3000  # about judge.MAX_EXTRACT_CHARS (12,000 characters) of text
+PLAN_SAMPLE = 2_000  # renders behind an estimate
+
+
+def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None, show: int,
+                   store_path: Path) -> Plan:
+    """A plan for a spec too large to render job by job: render a seeded sample of its jobs
+    (picked by index, without enumerating the rest) and scale; stored answers are counted
+    from the store's job table."""
+    import random
+
+    from textbook_gen.expand import job_at
+
+    total = job_count(spec, limit)
+    pick = random.Random(0)
+    indexes = sorted(pick.sample(range(total), min(PLAN_SAMPLE, total)))
+    by_kind: dict[str, int] = {}
+    examples: list[tuple[Job, str]] = []
+    inp = out = judge_cap = 0
+    for i in indexes:
+        job = job_at(spec, i)
+        req = renderer.render(job)
+        by_kind[job.kind] = by_kind.get(job.kind, 0) + 1
+        inp += estimate_input_tokens(req.messages)
+        out += job.max_tokens
+        judge_cap += min(job.max_tokens, JUDGE_DOCUMENT_TOKENS)
+        if len(examples) < show:
+            examples.append((job, "\n\n".join(f"[{r}]\n{c}" for r, c in req.messages)))
+    scale = total / len(indexes)
+    stored, spent = 0, 0.0
+    if store_path.exists():
+        with RunStore(store_path) as store:
+            stored = min(total, store.answered_jobs())
+            spent = store.totals()["cost_usd"]
+    kinds = {k: round(v * scale) for k, v in by_kind.items()}
+    return Plan(total, kinds, round(inp * scale), round(out * scale), stored, spent,
+                spec_price(spec), examples, _judge_plan(spec, total, round(judge_cap * scale)),
+                sampled=len(indexes))
 
 
 def _judge_plan(spec: Curriculum, documents: int, document_tokens: int) -> JudgePlan | None:
@@ -252,6 +295,11 @@ def _check_run_dir(out_dir: Path) -> None:
     outputs remain (running would pay again for every request without a word)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir}: exists and is not a directory; give a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out_dir}: cannot create it ({e.strerror or e}); give a"
+                          " directory you can write") from None
     store = out_dir / "run.sqlite"
     lost = not store.exists() or store.stat().st_size == 0
     if lost and (out_dir / "manifest.json").exists():

@@ -289,14 +289,14 @@ class Build:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.id = uuid.uuid4().hex[:8]
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a directory; give --out a"
+                             " directory")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InputError(f"{self.root}: cannot create the output directory"
                              f" ({e.strerror or e}); give --out a directory you can write") from None
-        if not self.root.is_dir():
-            raise InputError(f"{self.root}: exists and is not a directory; give --out a"
-                             " directory")
         self.sweep()
 
     def writer(self, subdir: str, prefix: str, fmt: str, max_records: int) -> ShardWriter:

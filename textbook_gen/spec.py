@@ -289,6 +289,28 @@ class _YamlLimit(Exception):
     pass
 
 
+def load_yaml_model(path: Path, model: Any = None) -> Any:
+    """Read a YAML file into ``model`` (a pydantic class), or return the data when None;
+    raise ``SpecError`` with every problem as ``file:line: key: what is wrong``."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    data, lines, problems = _parse_yaml(Path(path), raw)
+    if problems:
+        raise SpecError(problems)
+    if model is None:
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}:1: the file must be a mapping of keys"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(Path(path), e, lines, model)) from None
+
+
 def _parse_yaml(
     path: Path, raw: bytes
 ) -> tuple[Any, dict[tuple[Any, ...], int], list[str]]:

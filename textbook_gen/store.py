@@ -471,6 +471,12 @@ class RunStore:
             " ON r.key = j.request_key WHERE r.status = 'failed' ORDER BY j.job_id"
         )
 
+    def answered_jobs(self) -> int:
+        """Jobs of any spec run in this store whose last request has an answer."""
+        row = self.db.execute("SELECT COUNT(*) FROM jobs j JOIN responses r ON r.key ="
+                              " j.request_key WHERE r.status = 'ok'").fetchone()
+        return int(row[0])
+
     def totals(self) -> dict[str, Any]:
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"

@@ -46,8 +46,18 @@ def benchmark_texts(b: Benchmark) -> Iterator[str]:
         except TextbookGenError as e:
             raise ConfigError(f"decontaminate: {e}") from None
     else:
-        with open(path, encoding="utf-8") as f:
-            yield from (line for line in f if line.strip())
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if b"\0" in raw:
+                    raise ConfigError(f"decontaminate: {path}:{lineno}: binary data, not text; give"
+                                      " a text file (one item per line), JSONL or Parquet")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ConfigError(f"decontaminate: {path}:{lineno}: not UTF-8 text; save the"
+                                      " benchmark file as UTF-8") from None
+                if line.strip():
+                    yield line
 
 
 class Decontaminator:
