@@ -84,9 +84,17 @@ def validate(spec: SpecArg) -> None:
     problems = spec_problems(s)
     if problems:
         raise SpecError(problems)
+    from textbook_gen.expand import distinct_job_count
+    from textbook_gen.prompts import CHECK_RENDERS
+
+    combos = distinct_job_count(s)
+    rendered = (f"every template rendered for all {combos:,} combinations of its variables"
+                if combos <= CHECK_RENDERS else
+                f"templates rendered for a seeded sample of ~{CHECK_RENDERS:,} of {combos:,}"
+                " combinations of their variables")
     out.print(f"[green]ok[/] {spec}: {s.name}, {job_count(s):,} jobs "
               f"({len(s.subjects)} subjects, {sum(len(x.topics) for x in s.subjects)} topics, "
-              f"{len(s.documents)} document kinds)")
+              f"{len(s.documents)} document kinds); {rendered}")
 
 
 @app.command()
