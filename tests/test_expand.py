@@ -19,9 +19,7 @@ def test_counts_match_the_spec_cross_products(write_spec):
     assert sum(j.topic == "fractions" for j in jobs) == 4
 
 
-def test_multiple_document_kinds_and_axes(tmp_path):
-    path = tmp_path / "s.yaml"
-    path.write_text("""
+MULTI = """
 name: multi
 audiences: [a, b, c]
 styles: [x, y]
@@ -31,7 +29,12 @@ subjects:
 documents:
   - {kind: chapter, template: chapter.md.j2, per: [topic, audience, style], samples: 2}
   - {kind: exercises, template: exercises.md.j2, per: [subject], samples: 3}
-""")
+"""
+
+
+def test_multiple_document_kinds_and_axes(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(MULTI)
     spec = load_curriculum(path)
     jobs = list(expand(spec))
     chapters = [j for j in jobs if j.kind == "chapter"]
@@ -115,17 +118,7 @@ def test_job_at_finds_every_job_by_index(tmp_path):
     from textbook_gen.expand import job_at
 
     path = tmp_path / "s.yaml"
-    path.write_text("""
-name: multi
-audiences: [a, b, c]
-styles: [x, y]
-subjects:
-  - {name: S1, topics: [t1, {name: t2, weight: 3}]}
-  - {name: S2, topics: [t3]}
-documents:
-  - {kind: chapter, template: chapter.md.j2, per: [topic, audience, style], samples: 2}
-  - {kind: exercises, template: exercises.md.j2, per: [subject], samples: 3}
-""")
+    path.write_text(MULTI)
     spec = load_curriculum(path)
     every = list(expand(spec))
     assert [job_at(spec, i) for i in range(len(every))] == every

@@ -67,8 +67,8 @@ def expand(spec: Curriculum, identity: str = "names") -> Iterator[Job]:
     """Yield every job, documents entry by entry, in a stable order."""
     if identity not in IDENTITIES:
         raise ValueError(f"unknown job identity {identity!r}")
-    for doc in spec.documents:
-        yield from _expand_document(spec, doc, identity)
+    for place in _places(spec):
+        yield from _expand_place(spec, place, identity)
 
 
 def jobs(spec: Curriculum, limit: int | None = None, identity: str = "names") -> Iterator[Job]:
@@ -76,39 +76,58 @@ def jobs(spec: Curriculum, limit: int | None = None, identity: str = "names") ->
     return islice(expand(spec, identity), limit)
 
 
-def _expand_document(spec: Curriculum, doc: DocumentSpec, identity: str) -> Iterator[Job]:
-    audiences = list(enumerate(spec.audiences)) if "audience" in doc.per else [(None, None)]
-    styles = list(enumerate(spec.styles)) if "style" in doc.per else [(None, None)]
-    for subject in spec.subjects:
-        places: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
-        for topic in places:
-            samples = doc.samples * (topic.weight if topic else 1)
-            # nested loops, not itertools.product: product would hold range(samples) as a tuple
-            for ai, audience in audiences:
-                for si, style in styles:
-                    for n in range(samples):
-                        yield _make_job(spec, doc, subject, topic, ai, audience, si, style, n,
-                                        identity)
+Axis = list[tuple[int, str] | tuple[None, None]]  # (index, value); (None, None): not multiplied
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """One place of one document kind: its jobs are audiences x styles x samples."""
+
+    doc: DocumentSpec
+    subject: Subject
+    topic: Topic | None
+    audiences: Axis
+    styles: Axis
+    samples: int
+
+    @property
+    def size(self) -> int:
+        return len(self.audiences) * len(self.styles) * self.samples
+
+
+def _places(spec: Curriculum) -> Iterator[_Place]:
+    """Every (document kind, place) in expansion order."""
+    for doc in spec.documents:
+        audiences: Axis = (list(enumerate(spec.audiences)) if "audience" in doc.per
+                           else [(None, None)])
+        styles: Axis = list(enumerate(spec.styles)) if "style" in doc.per else [(None, None)]
+        for subject in spec.subjects:
+            topics: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
+            for topic in topics:
+                samples = doc.samples * (topic.weight if topic else 1)
+                yield _Place(doc, subject, topic, audiences, styles, samples)
+
+
+def _expand_place(spec: Curriculum, p: _Place, identity: str) -> Iterator[Job]:
+    # nested loops, not itertools.product: product would hold range(samples) as a tuple
+    for ai, audience in p.audiences:
+        for si, style in p.styles:
+            for n in range(p.samples):
+                yield _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n,
+                                identity)
 
 
 def job_at(spec: Curriculum, index: int, identity: str = "names") -> Job:
     """The job ``expand`` yields at ``index``, found by arithmetic over the cross product
     (places, then audiences, styles and samples), without enumerating the jobs before it."""
-    for doc in spec.documents:
-        audiences = list(enumerate(spec.audiences)) if "audience" in doc.per else [(None, None)]
-        styles = list(enumerate(spec.styles)) if "style" in doc.per else [(None, None)]
-        for subject in spec.subjects:
-            places: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
-            for topic in places:
-                samples = doc.samples * (topic.weight if topic else 1)
-                size = len(audiences) * len(styles) * samples
-                if index >= size:
-                    index -= size
-                    continue
-                a, rest = divmod(index, len(styles) * samples)
-                st, n = divmod(rest, samples)
-                (ai, audience), (si, style) = audiences[a], styles[st]
-                return _make_job(spec, doc, subject, topic, ai, audience, si, style, n, identity)
+    for p in _places(spec):
+        if index >= p.size:
+            index -= p.size
+            continue
+        a, rest = divmod(index, len(p.styles) * p.samples)
+        st, n = divmod(rest, p.samples)
+        (ai, audience), (si, style) = p.audiences[a], p.styles[st]
+        return _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n, identity)
     raise IndexError(index)
 
 
