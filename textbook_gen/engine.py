@@ -44,6 +44,8 @@ class Engine:
         if not providers:
             raise ValueError("at least one provider")
         self.providers = providers
+        for p in providers:
+            p.on_token = self._on_token
         self._in_flight = [0] * len(providers)
         self.store = store
         self.settings = settings
@@ -163,8 +165,13 @@ class Engine:
             self.stats.done -= 1  # the job is not over: it continues with the larger request
             await self.process(job_id, retry)
 
+    def _on_token(self) -> None:
+        """A streaming provider generated one more token (called from its thread)."""
+        self.stats.streaming_tokens += 1
+
     def _account(self, resp: Response, cost: float) -> None:
         s = self.stats
+        s.streaming_tokens = max(0, s.streaming_tokens - resp.output_tokens)
         s.done += 1
         s.succeeded += 1
         s.input_tokens += resp.input_tokens

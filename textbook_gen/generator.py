@@ -41,6 +41,7 @@ class GenerationStats:
     in_flight: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    streaming_tokens: int = 0  # generated so far by answers not yet complete (local model)
     cost_usd: float = 0.0  # spent this run by this generator
     cost_known: bool = True
     started: float = field(default_factory=time.monotonic)

@@ -86,7 +86,9 @@ class RichProgress(RunProgress):
 def describe(s: GenerationStats) -> str:
     elapsed = max(time.monotonic() - s.started, 1e-6)
     rate = (s.done - s.cached) / elapsed
-    parts = [f"{rate:.1f} req/s", f"{s.input_tokens + s.output_tokens:,} tok"]
+    made = s.output_tokens + s.streaming_tokens
+    parts = [f"{rate:.1f} req/s", f"{made / elapsed:.0f} tok/s",
+             f"{s.input_tokens + made:,} tok"]
     if s.cost_known:
         projected = s.projected_cost
         parts.append(f"${s.cost_usd:.4f}" + (f" of ~${projected:.4f}" if projected else ""))

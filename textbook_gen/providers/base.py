@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, ClassVar
@@ -127,6 +128,8 @@ class Provider:
     def __init__(self, settings: ModelSettings, *, timeout: float = 600.0):
         self.settings = settings
         self.timeout = timeout
+        # set by the engine: called once per token as a provider that streams generates it
+        self.on_token: Callable[[], None] | None = None
 
     async def complete(self, request: Request) -> Response:
         raise NotImplementedError

