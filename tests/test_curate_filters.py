@@ -96,3 +96,13 @@ def test_repetition_rules():
     ngram_loop = "## T\n" + " ".join(["the numerator counts the pieces"] * 40)
     ok, reason = f.filter(_rec(ngram_loop))
     assert not ok and "gram" in reason
+
+
+def test_an_empty_heading_is_not_a_heading_and_headings_alone_are_not_a_chapter():
+    f = StructureFilter()
+    prose = "Fractions name parts of a whole. " * 10
+    assert f.filter(_rec("# \n" + prose))[0] is False  # the heading has no words
+    assert f.filter(_rec("## Fractions\n" + prose)) is True
+    outline = "## Fractions\n### Halves\n### Thirds\n```python\nprint(1/2)\n```\n"
+    ok, reason = f.filter(_rec(outline))
+    assert not ok and "prose" in reason

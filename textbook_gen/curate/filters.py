@@ -25,7 +25,9 @@ REFUSAL_PHRASES = (
     "i can't assist with", "i cannot assist with", "as an ai language model",
     "i'm unable to", "i am unable to", "i won't be able to",
 )
-_HEADING = re.compile(r"^#{1,6}\s+\S", re.M)
+_HEADING = re.compile(r"^#{1,6}[ \t]+[^\n]*\w", re.M)  # words on the heading's own line
+_FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+MIN_PROSE_WORDS = 40  # a chapter teaches in sentences, not only in headings and code
 
 
 class Filter:
@@ -97,8 +99,13 @@ class StructureFilter(Filter):
 
     def filter(self, record: Record) -> Verdict:
         kind, text = record.get("kind"), record.get("text", "")
-        if kind == "chapter" and not _HEADING.search(text):
-            return False, "structure (chapter without a Markdown heading)"
+        if kind == "chapter":
+            if not _HEADING.search(text):
+                return False, "structure (chapter without a Markdown heading)"
+            prose = [ln for ln in _FENCE.sub("", text).splitlines()
+                     if ln.strip() and not ln.lstrip().startswith("#")]
+            if sum(len(ln.split()) for ln in prose) < MIN_PROSE_WORDS:
+                return False, "structure (chapter of headings and code, under 40 words of prose)"
         if kind == "exercises":
             exercises = parse_exercises(text)
             if not exercises:
