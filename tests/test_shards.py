@@ -39,3 +39,32 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
     path.write_text(json.dumps({"text": "a"}) + "\n{broken\n")
     with pytest.raises(TextbookGenError, match=r"in.jsonl:2: not valid JSON"):
         list(iter_records(path))
+
+
+def test_text_separator_keeps_documents_that_contain_blank_lines(tmp_path):
+    import subprocess
+    import sys
+
+    docs = ["First para.\n\nSecond para.", "Another\n\n\nwith gaps.\n", "third"]
+    path = tmp_path / "x.jsonl"
+    path.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(docs)))
+    run = [sys.executable, "-m", "textbook_gen", "cat", str(path), "--text"]
+    out = subprocess.run(run, capture_output=True, check=True).stdout.decode()
+    assert out.split("\0")[:-1] == docs  # the default NUL separator round-trips
+    out = subprocess.run([*run, "--separator", "\\n<|doc|>\\n"], capture_output=True,
+                         check=True).stdout.decode()
+    assert out.split("\n<|doc|>\n")[:-1] == docs
+    clash = subprocess.run([*run, "--separator", "\\n\\n"], capture_output=True, text=True)
+    assert clash.returncode == 2 and "contains the separator" in clash.stderr
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.zst", "jsonl", "parquet"])
+def test_zero_kept_records_make_a_valid_empty_corpus(tmp_path, fmt):
+    from conftest import curate_dir
+
+    from textbook_gen.curate.settings import CurationSettings
+
+    result = curate_dir([{"id": "a", "text": "too short"}], CurationSettings(min_tokens=50),
+                        tmp_path, fmt=fmt)
+    assert [s.records for s in result.shards] == [0]
+    assert list(iter_records(tmp_path)) == []  # reads as an empty corpus, not an error

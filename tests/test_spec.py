@@ -120,3 +120,16 @@ def test_error_messages_keep_square_brackets(capsys):
     exit_ = _fail(ConfigError("install it: pip install 'textbook-gen[local]'"))
     assert exit_.exit_code == 2
     assert "pip install 'textbook-gen[local]'" in capsys.readouterr().err
+
+
+def test_examples_copy_never_overwrites_without_force(tmp_path):
+    run = [sys.executable, "-m", "textbook_gen", "examples", "--copy", str(tmp_path / "mine")]
+    assert subprocess.run(run, capture_output=True, timeout=60).returncode == 0
+    edited = tmp_path / "mine" / "algebra.yaml"
+    assert (tmp_path / "mine" / "prompts" / "chapter.md.j2").is_file()  # templates to edit
+    edited.write_text("# my edits\n")
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already exist" in again.stderr
+    assert edited.read_text() == "# my edits\n"
+    forced = subprocess.run([*run, "--force"], capture_output=True, timeout=60)
+    assert forced.returncode == 0 and edited.read_text() != "# my edits\n"

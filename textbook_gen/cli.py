@@ -260,23 +260,40 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
 
 @app.command()
 def examples(
-    copy_to: Annotated[Path | None, typer.Option("--copy", help="Copy the example curricula "
-                                                 "(and their templates) into this folder.")] = None,
+    copy_to: Annotated[Path | None, typer.Option(
+        "--copy", metavar="DIR",
+        help="Copy the example curricula, their small templates and the bundled prompts/ "
+        "(to edit) into DIR.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="With --copy: overwrite files that already exist in DIR.")] = False,
 ) -> None:
     """List the bundled example curricula, or copy them to start your own."""
     import shutil
 
+    from textbook_gen.errors import ConfigError
     from textbook_gen.prompts import data_dir
 
     source = data_dir("curricula")
     if copy_to is None:
         for path in sorted(source.glob("*.yaml")):
             first = path.read_text("utf-8").splitlines()[0].lstrip("# ")
-            out.print(f"{path}  [dim]{first}[/]")
+            out.print(f"{path}  [dim]{escape(first)}[/]")
         out.print("[dim]copy them with: textbook-gen examples --copy DIR[/]")
         return
-    shutil.copytree(source, copy_to, dirs_exist_ok=True)
-    out.print(f"copied {len(list(source.glob('*.yaml')))} curricula to {copy_to}")
+    plan = [(f, copy_to / f.relative_to(source)) for f in sorted(source.rglob("*")) if f.is_file()]
+    prompts = data_dir("prompts")
+    plan += [(f, copy_to / "prompts" / f.relative_to(prompts))
+             for f in sorted(prompts.rglob("*")) if f.is_file()]
+    existing = [dest for _, dest in plan if dest.exists()]
+    if existing and not force:
+        shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise ConfigError(f"{len(existing)} file(s) already exist ({shown}); nothing was copied."
+                          " Copy into an empty folder, or add --force to overwrite them")
+    for src, dest in plan:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    out.print(f"copied {len(list(source.glob('*.yaml')))} curricula and the bundled prompts/ to"
+              f" {copy_to} (a spec uses the prompts there with  templates: prompts)")
 
 
 @app.command()
@@ -309,13 +326,26 @@ def batches(
 @app.command("cat")
 def cat_(
     path: Annotated[Path, typer.Argument(help="Run directory, shard, or JSONL/Parquet file.")],
-    text: Annotated[bool, typer.Option("--text", help="Only the text, documents separated "
-                                       "by a blank line.")] = False,
+    text: Annotated[bool, typer.Option("--text", help="Only the text of each document, each "
+                                       "followed by the separator.")] = False,
+    separator: Annotated[str, typer.Option(
+        "--separator", "-s", metavar="SEP",
+        help="With --text: what ends each document; backslash escapes work ('\\0', '\\n\\n'). "
+        "The default NUL never occurs in model text, so boundaries survive a pipe "
+        "(xargs -0, a tokenizer reading NUL-separated input). A document that contains the "
+        "separator is an error, never a silent merge.")] = "\\0",
     rejects: Annotated[bool, typer.Option("--rejects", help="Show rejected records.")] = False,
 ) -> None:
     """Print records as JSONL (or just their text) for a training job or a pipe."""
+    from textbook_gen.errors import ConfigError, InputError
     from textbook_gen.shards import dumps, iter_records, shard_files
 
+    try:
+        sep = separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--separator {separator!r}: not a valid escape sequence") from None
+    if text and not sep:
+        raise ConfigError("--separator: must not be empty (document boundaries would be lost)")
     stream: Iterator[dict[str, Any]]
     if rejects and path.is_dir():
         sources = shard_files(path, "rejects")
@@ -323,13 +353,27 @@ def cat_(
     else:
         stream = iter_records(path)
     write = sys.stdout.write
+    count = 0
     try:
         for record in stream:
-            write((record.get("text", "") + "\n\n") if text else dumps(record) + "\n")
+            count += 1
+            if not text:
+                write(dumps(record) + "\n")
+                continue
+            body = str(record.get("text", ""))
+            if sep in body:
+                raise InputError(f"record {record.get('id', count)} contains the separator"
+                                 f" {separator!r}; choose another with --separator")
+            write(body + sep)
         sys.stdout.flush()
     except BrokenPipeError:  # `| head` closed the pipe: not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return
+    if count == 0:
+        what = "rejected records" if rejects else "records"
+        err.print(f"{path}: 0 {what}" + ("" if rejects else
+                  f" (why: textbook-gen cat {path} --rejects)"), highlight=False)
 
 
 def main() -> None:

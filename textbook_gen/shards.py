@@ -79,6 +79,7 @@ class ShardWriter:
         prefix: str = "part",
         fmt: str = "jsonl.zst",
         max_records: int = 10_000,
+        keep_empty: bool = False,
     ):
         if fmt not in FORMATS:
             raise TextbookGenError(f"unknown shard format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -90,6 +91,7 @@ class ShardWriter:
         self.max_records = max_records
         self.shards: list[ShardInfo] = []
         self._buffer: list[dict[str, Any]] = []
+        self.keep_empty = keep_empty  # write one empty shard if no record came: a valid, empty corpus
 
     def write(self, record: dict[str, Any]) -> None:
         self._buffer.append(record)
@@ -101,7 +103,7 @@ class ShardWriter:
             self.write(r)
 
     def close(self) -> list[ShardInfo]:
-        if self._buffer:
+        if self._buffer or (self.keep_empty and not self.shards):
             self._flush()
         return self.shards
 
@@ -129,7 +131,9 @@ def _encode(records: list[dict[str, Any]], fmt: str) -> bytes:
         import pyarrow.parquet as pq
 
         sink = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(records), sink, compression="zstd")
+        table = pa.Table.from_pylist(records) if records else pa.table(
+            {"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+        pq.write_table(table, sink, compression="zstd")
         return sink.getvalue()
     text = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
     if fmt == "jsonl.zst":
@@ -299,9 +303,10 @@ class Build:
                              f" ({e.strerror or e}); give --out a directory you can write") from None
         self.sweep()
 
-    def writer(self, subdir: str, prefix: str, fmt: str, max_records: int) -> ShardWriter:
+    def writer(self, subdir: str, prefix: str, fmt: str, max_records: int,
+               keep_empty: bool = False) -> ShardWriter:
         return ShardWriter(self.root, subdir=subdir, prefix=f"{prefix}-{self.id}", fmt=fmt,
-                           max_records=max_records)
+                           max_records=max_records, keep_empty=keep_empty)
 
     def temp_path(self, name: str) -> Path:
         """A scratch file of this build, removed by the next sweep if a crash leaves it."""

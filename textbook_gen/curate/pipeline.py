@@ -74,7 +74,7 @@ class _Curation:
         self.counts = {name: StageCount() for name in
                        ("filters", "verify", "judge", "decontaminate", "dedup")}
         self.rejects = build.writer("rejects", "rejects", fmt, per_shard)
-        self.kept = build.writer("shards", "part", fmt, per_shard)
+        self.kept = build.writer("shards", "part", fmt, per_shard, keep_empty=True)
         d = settings.dedup
         self.dedup = Deduplicator(settings.near_dup_threshold, num_perm=d.num_perm,
                                   shingle_words=d.shingle_words, exact=d.exact, near=d.near)
