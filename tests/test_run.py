@@ -74,7 +74,10 @@ def test_cli_run_and_cat_give_valid_jsonl(fake_api, write_spec, tmp_path):
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "4 records kept" in proc.stderr
+    assert "4 kept, 0 rejected, 0 failed" in proc.stderr
+    # not a terminal: plain progress lines, then where the corpus is and what to run next
+    assert "generate: 4/4 jobs" in proc.stderr and "\x1b[" not in proc.stderr
+    assert f"corpus: {out}/shards/" in proc.stderr and f"textbook-gen cat {out}" in proc.stderr
     cat = subprocess.run([sys.executable, "-m", "textbook_gen", "cat", str(out)],
                          capture_output=True, text=True, timeout=60, check=True)
     lines = cat.stdout.splitlines()
@@ -82,7 +85,7 @@ def test_cli_run_and_cat_give_valid_jsonl(fake_api, write_spec, tmp_path):
     assert all(json.loads(line)["provenance"]["model"] == "gpt-4o-mini" for line in lines)
     text = subprocess.run([sys.executable, "-m", "textbook_gen", "cat", str(out), "--text"],
                           capture_output=True, text=True, timeout=60, check=True)
-    assert text.stdout.count("\n\n") >= 4 and "{" not in text.stdout.splitlines()[0][:1]
+    assert text.stdout.count("\0") == 4 and not text.stdout.startswith("{")
 
 
 def test_missing_key_stops_before_any_request(fake_api, write_spec, tmp_path):

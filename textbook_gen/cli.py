@@ -164,26 +164,21 @@ def run(
 ) -> None:
     """Generate the corpus: send what is not stored yet, curate, write shards. Resumable."""
     from textbook_gen.run import Overrides, apply_overrides, run_curriculum
-    from textbook_gen.ui import RichProgress, money
+    from textbook_gen.ui import make_progress, money
 
     s = apply_overrides(_load(spec), Overrides(
         provider=provider, model=model, base_url=base_url or [], concurrency=concurrency,
         max_cost_usd=max_cost, max_total_tokens=max_tokens))
     if s.curation.enabled and s.curation.verify_code:
         _show_sandbox(s.curation.verify)
-    progress = RichProgress(err, enabled=not quiet and err.is_terminal)
+    progress = make_progress(err, quiet=quiet)
     delay = float(os.environ.get("TEXTBOOK_GEN_RETRY_BASE_DELAY", "1.0"))
     try:
         result = run_curriculum(s, out_dir=out_dir, limit=limit, progress=progress,
                                 retry_base_delay=delay, batch=batch, poll_interval=poll_interval)
     finally:
         progress.close()
-    st = result.stats
-    err.print(
-        f"[green]done[/] {result.out_dir}: {result.records:,} records kept, "
-        f"{result.rejected:,} rejected · {st.succeeded - 0:,} new answers, {st.cached:,} from the "
-        f"store · {st.input_tokens + st.output_tokens:,} tokens · {money(st.cost_usd)} this run"
-    )
+    _summary(result, money)
     out.print(str(result.out_dir))
     if result.failed:
         for job_id, kind, message in result.failed[:10]:
@@ -214,7 +209,7 @@ def curate(
 ) -> None:
     """Run the curation stages alone on any corpus: filters, verification, dedup, decontamination."""
     from textbook_gen.curate.pipeline import curate_corpus
-    from textbook_gen.ui import RichProgress
+    from textbook_gen.ui import make_progress
 
     settings = _curation_settings(config)
     if fmt not in ("jsonl.zst", "jsonl", "parquet"):
@@ -223,7 +218,7 @@ def curate(
         raise ConfigError(f"--format {fmt}: unknown shard format; use jsonl.zst, jsonl or parquet")
     if settings.enabled and settings.verify_code:
         _show_sandbox(settings.verify)
-    progress = RichProgress(err, enabled=not quiet and err.is_terminal)
+    progress = make_progress(err, quiet=quiet)
     try:
         result = curate_corpus(list(inputs), out_dir, settings, fmt=fmt,
                                shard_max_records=shard_max_records, progress=progress.stage)
@@ -234,6 +229,28 @@ def curate(
     err.print(f"[green]done[/] {out_dir}: {kept:,} kept, {rejected:,} rejected "
               f"(reasons: textbook-gen cat {out_dir} --rejects)")
     out.print(str(out_dir))
+
+
+def _summary(result: Any, money: Any) -> None:
+    """The end of a run: what was kept, why the rest was rejected, spend, where, what next."""
+    m, st = result.manifest, result.stats
+    counts = m["counts"]
+    d = escape(str(result.out_dir))
+    err.print(f"[green]done[/] {counts['jobs']:,} jobs: [bold]{counts['records']:,} kept[/],"
+              f" {counts['rejected']:,} rejected, {counts['failed']:,} failed · {st.succeeded:,}"
+              f" new answers, {st.cached:,} from the store · {money(result.ledger.spent_usd)}"
+              " this run", highlight=False)
+    for stage, c in m["curation"]["stages"].items():
+        if c["dropped"]:
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(c["dropped"].items(),
+                                                             key=lambda kv: -kv[1]))
+            err.print(f"  rejected by {stage}: {escape(reasons)}", highlight=False)
+    shards = [s for s in m["shards"] if s["name"].startswith("shards/")]
+    err.print(f"  corpus: {d}/shards/ ({len(shards)} {m['format']} shard"
+              f"{'s' * (len(shards) != 1)}, manifest: {d}/manifest.json)", highlight=False)
+    err.print(f"  next: textbook-gen cat {d} --text --separator '\\n\\n' | less    (read it)\n"
+              f"        textbook-gen cat {d} --rejects | head    (why the rest went)",
+              highlight=False)
 
 
 def _show_sandbox(settings: Any) -> None:

@@ -22,3 +22,6 @@ class Progress:
 
     def message(self, text: str) -> None:
         pass
+
+    def close(self) -> None:
+        """End any display still drawn."""

@@ -83,6 +83,59 @@ class RichProgress(RunProgress):
         self.console.print(f"[yellow]{text}")
 
 
+class PlainProgress(RunProgress):
+    """Progress for pipes, logs and schedulers: one plain line on stderr every ``interval``
+    seconds (and at the end of each stage), never a redrawn bar."""
+
+    def __init__(self, console: Console, *, interval: float = 10.0):
+        self.console = console
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    @contextlib.contextmanager
+    def generation(self, stats: GenerationStats, label: str = "generate") -> Iterator[None]:
+        stop = threading.Event()
+
+        def report() -> None:
+            while not stop.wait(self.interval):
+                self._line(f"{label}: {stats.done:,}/{stats.total:,} jobs · "
+                           + _plain(describe(stats)))
+
+        poller = threading.Thread(target=report, daemon=True)
+        poller.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            poller.join()
+            self._line(f"{label}: {stats.done:,}/{stats.total:,} jobs · " + _plain(describe(stats)))
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last.get(name, 0.0) >= self.interval or (total and done >= total):
+            self._last[name] = now
+            self._line(f"{name}: {done:,}" + (f"/{total:,}" if total else "") + " documents")
+
+    def message(self, text: str) -> None:
+        self._line(text)
+
+
+def _plain(text: str) -> str:
+    import re
+
+    return re.sub(r"\[/?[a-z ]*\]", "", text)
+
+
+def make_progress(console: Console, *, quiet: bool) -> RunProgress:
+    """A bar on a terminal, plain periodic lines elsewhere, nothing with --quiet."""
+    if quiet:
+        return RichProgress(console, enabled=False)
+    return RichProgress(console) if console.is_terminal else PlainProgress(console)
+
+
 def describe(s: GenerationStats) -> str:
     elapsed = max(time.monotonic() - s.started, 1e-6)
     rate = (s.done - s.cached) / elapsed
