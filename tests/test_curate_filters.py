@@ -106,3 +106,24 @@ def test_an_empty_heading_is_not_a_heading_and_headings_alone_are_not_a_chapter(
     outline = "## Fractions\n### Halves\n### Thirds\n```python\nprint(1/2)\n```\n"
     ok, reason = f.filter(_rec(outline))
     assert not ok and "prose" in reason
+
+
+def test_code_fences_are_not_duplicate_lines():
+    f = RepetitionFilter(RepetitionSettings())
+    exercise = ("## Exercise 1\nWrite a function `double(x)` that returns x times 2.\n\n"
+                "### Solution\n```python\ndef double(x):\n    return x * 2\n```\n\n"
+                "### Tests\n```python\nassert double(3) == 6\nassert double(0) == 0\n```\n")
+    assert f.filter(_rec(exercise, kind="exercises")) is True
+    looping = exercise + "\n".join(["assert double(3) == 6"] * 6)
+    assert f.filter(_rec(looping, kind="exercises"))[0] is False  # real repeats still count
+
+
+def test_ngram_rules_measure_prose_not_the_code_blocks():
+    f = RepetitionFilter(RepetitionSettings())
+    tests = "\n".join(f"assert is_even({n}) == {n % 2 == 0}" for n in range(4))
+    exercise = ("## Exercise 1\nWrite a function `is_even(n)` that returns True when n is even.\n\n"
+                "### Solution\n```python\ndef is_even(n):\n    return n % 2 == 0\n```\n\n"
+                f"### Tests\n```python\n{tests}\n```\n")
+    assert f.filter(_rec(exercise, kind="exercises")) is True
+    prose_loop = "## T\n" + " ".join(["the numerator counts the pieces"] * 40) + "\n" + exercise
+    assert f.filter(_rec(prose_loop))[0] is False

@@ -158,3 +158,48 @@ def test_plan_counts_stored_answers_and_their_cost(fake_api, api_env, write_spec
     assert after.stored == 4 and after.to_send == 2 and after.spent_usd > 0
     assert after.cost(1.0) == pytest.approx(before.cost(1.0) / 3, rel=0.2)
     assert fake_api.count() == 4  # planning sends nothing
+
+
+@needs_local_model
+@pytest.mark.slow
+def test_the_bundled_example_is_a_first_corpus_worth_reading(tmp_path):
+    """The README's quick start: on the embedded model, at least half of the example's
+    documents survive curation and at least one exercise is verified by running it."""
+    from conftest import REPO
+
+    spec = load_curriculum(REPO / "curricula" / "python-basics.yaml")
+    result = run_curriculum(spec, out_dir=tmp_path / "o")
+    kept = list(iter_records(tmp_path / "o"))
+    assert result.records >= (result.records + result.rejected) / 2, result.manifest["curation"]
+    assert any(r["kind"] == "exercises" and r["quality"]["verified"] for r in kept)
+    assert all(r["text"].startswith("## ") for r in kept)
+
+
+def test_answer_start_is_continued_and_kept_as_the_start_of_the_document(
+        fake_api, api_env, write_spec, tmp_path):
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    (templates / "chapter.md.j2").write_text(
+        "{% set answer_start %}## {{ topic | capitalize }}\n\nIn short,{% endset %}"
+        "Write about {{ topic }}.")
+    path = write_spec(SMALL_SPEC.replace(
+        "provider: openai", "provider: anthropic").replace("gpt-4o-mini", "claude-haiku-4-5"),
+        extra="templates: tpl\n")
+    spec = apply_overrides(load_curriculum(path), Overrides(base_url=[fake_api.url]))
+    run_curriculum(spec, out_dir=tmp_path / "o")
+    sent = fake_api.generation_bodies()[0]["messages"]
+    assert sent[-1]["role"] == "assistant" and sent[-1]["content"].startswith("## ")
+    for r in iter_records(tmp_path / "o"):
+        assert r["text"].startswith(f"## {r['topic'].capitalize()}\n\nIn short,")
+        assert len(r["text"]) > len("## Fractions\n\nIn short,") + 20
+
+
+def test_answer_start_is_refused_for_a_provider_that_cannot_continue(write_spec, tmp_path):
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    (templates / "chapter.md.j2").write_text(
+        "{% set answer_start %}## {{ topic }}{% endset %}Write about {{ topic }}.")
+    path = write_spec(extra="templates: tpl\n")  # openai
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "answer_start" in proc.stderr and "openai" in proc.stderr

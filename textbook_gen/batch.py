@@ -21,7 +21,14 @@ from typing import Any
 from textbook_gen.errors import FatalProviderError, ProviderError
 from textbook_gen.generator import GenerationStats, WorkItem
 from textbook_gen.ledger import Ledger, Reservation
-from textbook_gen.providers.base import Provider, Request, Response, sdk_error_message, status_error
+from textbook_gen.providers.base import (
+    Provider,
+    Request,
+    Response,
+    sdk_error_message,
+    status_error,
+    with_answer_start,
+)
 from textbook_gen.store import RunStore
 from textbook_gen.tokens import BATCH_DISCOUNT, ModelPrice, estimate_input_tokens
 
@@ -356,6 +363,7 @@ class BatchRunner:
                 self.store.put_failure(req, kind=outcome.kind, error=str(outcome), attempts=1)
                 self.stats.failed += 1
             else:
+                outcome = with_answer_start(req, outcome)
                 hold = self._holds.pop(custom_id, None)
                 if hold is not None:
                     cost = self.ledger.settle(hold, outcome.input_tokens, outcome.output_tokens)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from textbook_gen.errors import FatalProviderError, ProviderError
 from textbook_gen.generator import GenerationStats, WorkItem
 from textbook_gen.ledger import Ledger
-from textbook_gen.providers.base import Provider, Request, Response
+from textbook_gen.providers.base import Provider, Request, Response, with_answer_start
 from textbook_gen.ratelimit import RateLimiter
 from textbook_gen.spec import EngineSettings
 from textbook_gen.store import RunStore
@@ -143,6 +143,7 @@ class Engine:
         try:
             await self.limiter.acquire(input_estimate, max_out)
             resp, attempts = await self._call(req)
+            resp = with_answer_start(req, resp)
         except ProviderError as e:
             self.ledger.release(hold)
             if isinstance(e, FatalProviderError):

@@ -37,6 +37,7 @@ def data_dir(name: str) -> Path:
 class RenderedPrompt:
     system: str | None
     user: str
+    answer_start: str | None = None  # ``{% set answer_start %}``: the model continues it
 
 
 class PromptRenderer:
@@ -61,6 +62,9 @@ class PromptRenderer:
         )
         self._hashes: dict[str, str] = {}
         self._templates: dict[str, jinja2.Template] = {}
+        from textbook_gen.providers import provider_class
+
+        self.answer_start_ok = provider_class(self.provider).supports_answer_start
 
     def check(self, *, render: bool = True, max_renders: int = CHECK_RENDERS) -> list[str]:
         """Load every template the spec names and render it for every distinct combination of
@@ -158,12 +162,20 @@ class PromptRenderer:
         if not user:
             raise TemplateProblem(f"{tmpl.filename or tmpl.name}: renders an empty prompt (the"
                                   " request would still be paid for); check its conditions")
-        return RenderedPrompt(system or None, user)
+        start = getattr(module, "answer_start", None)
+        start = str(start).lstrip() if start is not None else None
+        if start and not self.answer_start_ok:
+            raise TemplateProblem(
+                f"{tmpl.filename or tmpl.name}: sets answer_start, which the {self.provider}"
+                " provider cannot continue (local and anthropic can); remove it for this model")
+        return RenderedPrompt(system or None, user, start or None)
 
     def render(self, job: Job) -> Request:
         prompt = self.render_prompt(job)
         messages = [("system", prompt.system)] if prompt.system else []
         messages.append(("user", prompt.user))
+        if prompt.answer_start:
+            messages.append(("assistant", prompt.answer_start))
         params: dict[str, Any] = {
             "temperature": job.temperature,
             "max_tokens": job.max_tokens,

@@ -26,7 +26,8 @@ REFUSAL_PHRASES = (
     "i'm unable to", "i am unable to", "i won't be able to",
 )
 _HEADING = re.compile(r"^#{1,6}[ \t]+[^\n]*\w", re.M)  # words on the heading's own line
-_FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+_FENCE = re.compile(r"^```.*?(?:^```|\Z)", re.M | re.S)  # a fenced code block
+_FENCE_LINE = re.compile(r"^\s*```[\w+-]*\s*$")
 MIN_PROSE_WORDS = 40  # a chapter teaches in sentences, not only in headings and code
 
 
@@ -126,13 +127,16 @@ class RepetitionFilter(Filter):
 
     def filter(self, record: Record) -> Verdict:
         text = record.get("text", "")
-        lines = [x.strip() for x in text.splitlines() if x.strip()]
+        # code-fence markers (```, ```python) are markup that every code block repeats
+        lines = [x.strip() for x in text.splitlines() if x.strip() and not _FENCE_LINE.match(x)]
         if lines and _dup_fraction(lines) > self.s.max_dup_line_fraction:
             return False, f"repetition (duplicate lines {_dup_fraction(lines):.2f})"
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
         if len(paragraphs) > 1 and _dup_fraction(paragraphs) > self.s.max_dup_paragraph_fraction:
             return False, f"repetition (duplicate paragraphs {_dup_fraction(paragraphs):.2f})"
-        words, lengths = words_with_lengths(text)
+        # the n-gram rules measure prose loops; code repeats its identifiers by nature
+        # (assert f(1)..., assert f(2)...) and is covered by the line rule and by running it
+        words, lengths = words_with_lengths(_FENCE.sub("", text))
         total_chars = int(lengths.sum()) or 1
         for n, limit in sorted(self.s.max_top_ngram_fraction.items()):
             share = _top_ngram_share(words, lengths, n, total_chars)

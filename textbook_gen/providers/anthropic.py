@@ -14,6 +14,7 @@ _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
 
 class AnthropicProvider(HTTPProvider):
     name = "anthropic"
+    supports_answer_start = True  # a final assistant message is continued (prefill)
     key_env_var = "ANTHROPIC_API_KEY"
     sdk = "anthropic"
     client_class = "AsyncAnthropic"

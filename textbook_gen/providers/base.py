@@ -64,6 +64,23 @@ class Request:
         """Messages without the system one, in the shape both SDKs take."""
         return [{"role": r, "content": c} for r, c in self.messages if r != "system"]
 
+    @property
+    def answer_start(self) -> str | None:
+        """The start of the answer the template wrote (a last "assistant" message), which the
+        model continues; the document is this text followed by the model's."""
+        role, content = self.messages[-1]
+        return content if role == "assistant" else None
+
+
+def with_answer_start(req: Request, resp: Response) -> Response:
+    """The whole document: the template's answer start, then what the model wrote."""
+    start = req.answer_start
+    if not start:
+        return resp
+    import dataclasses
+
+    return dataclasses.replace(resp, text=start + resp.text)
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimitInfo:
@@ -120,6 +137,8 @@ class Provider:
     needs_key: ClassVar[bool] = False
     key_env_var: ClassVar[str | None] = None
     supports_batch: ClassVar[bool] = False
+    # can continue an answer the template started (a final assistant message): local, anthropic
+    supports_answer_start: ClassVar[bool] = False
     # HTTP providers get one client per CONNECTIONS_PER_CLIENT requests in flight: an HTTP
     # connection pool scans its connections for every request, so one pool of 500 costs
     # more CPU than the requests themselves (bench/bench_engine.py: +50% req/s at 500).

@@ -87,8 +87,10 @@ class _Cyllama(_Backend):
              top_p: float | None, seed: int | None,
              on_token: Callable[[], None] | None) -> tuple[str, str, int, int]:
         config = self._config(max_tokens, temperature, top_p, seed)
-        # chat() is apply-template then generate; done here so each token can be reported
-        prompt = self.llm._apply_template(messages)
+        # chat() is apply-template then generate; done here so each token can be reported and
+        # an answer the template started (a last assistant message) is continued, not repeated
+        start = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+        prompt = self.llm._apply_template(messages[:-1] if start else messages) + start
         out = self.llm(prompt, config=config, on_token=(lambda _: on_token()) if on_token else None)
         produced = out.stats.generated_tokens
         finish = "length" if produced >= max_tokens else "stop"
@@ -111,6 +113,10 @@ class _LlamaCppPython(_Backend):
              top_p: float | None, seed: int | None,
              on_token: Callable[[], None] | None) -> tuple[str, str, int, int]:
         # not streamed: its streaming chunks carry no usage (the display moves per answer)
+        if messages[-1]["role"] == "assistant":
+            raise ConfigError("a template's answer_start needs the cyllama binding (pip install"
+                              " 'textbook-gen[local]'); llama-cpp-python's chat API cannot"
+                              " continue an answer")
         kwargs: dict[str, Any] = {"messages": messages, "max_tokens": max_tokens,
                                   "temperature": temperature, "seed": seed,
                                   "repeat_penalty": REPEAT_PENALTY}
@@ -140,6 +146,7 @@ def _backend_class() -> type[_Backend]:
 
 class LocalProvider(Provider):
     name = "local"
+    supports_answer_start = True
 
     def __init__(self, settings: ModelSettings, *, timeout: float = 600.0,
                  base_url: str | None = None):
@@ -171,7 +178,8 @@ class LocalProvider(Provider):
                                     f" model.n_ctx = {self.settings.n_ctx})",
                                     kind="context_length") from None
         return Response(
-            text=text.strip(),
+            # a continuation keeps its leading space: it follows the template's answer start
+            text=text.rstrip() if request.answer_start else text.strip(),
             finish_reason=finish,
             input_tokens=prompt_tokens,
             output_tokens=produced,
