@@ -16,17 +16,62 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from textbook_gen import __version__
 from textbook_gen.errors import SpecError, TextbookGenError
 
-app = typer.Typer(
+
+class Command(TyperCommand):
+    """typer's command, with help in the usual conventions: ``SPEC`` not ``{spec}`` in usage,
+    flags without a value placeholder, each option's value named (N, PATH, URL) not typed."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if isinstance(p, TyperArgument):
+                p.metavar = p.metavar or (p.name or "").upper() + ("..." if p.nargs != 1 else "")
+                p.display_type_rich = _no_type  # type: ignore[method-assign]  # metavar names it
+            elif isinstance(p, TyperOption):
+                if p.is_flag:
+                    p.metavar = ""
+                elif p.metavar is None:
+                    p.metavar = _value_name(p.type_descriptor.annotation)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                pieces.append(str(p.metavar) if p.required else f"[{p.metavar}]")
+        return pieces
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+def _value_name(annotation: Any) -> str:
+    text = str(annotation)
+    for marker, name in (("Path", "PATH"), ("int", "N"), ("float", "NUMBER")):
+        if marker in text:
+            return name
+    return "TEXT"
+
+
+class _App(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:  # every command gets Command
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
     name="textbook-gen",
     help="Turn a YAML curriculum into a curated synthetic textbook corpus for training LMs.\n\n"
     "Typical flow: validate -> plan (see requests and cost) -> run -> cat.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -34,10 +79,11 @@ _debug = {"on": bool(os.environ.get("TEXTBOOK_GEN_DEBUG"))}
 
 SpecArg = Annotated[Path, typer.Argument(help="Curriculum YAML file.", show_default=False)]
 OutOpt = Annotated[
-    Path | None, typer.Option("--out", "-o", help="Run directory [default: out/<name>].")
+    Path | None, typer.Option("--out", "-o", metavar="DIR", show_default="out/<name>",
+                              help="Run directory.")
 ]
 LimitOpt = Annotated[
-    int | None, typer.Option("--limit", "-n", min=1, help="Only the first N jobs (to try a spec).")
+    int | None, typer.Option("--limit", "-n", help="Only the first N jobs (to try a spec).")
 ]
 
 
@@ -61,6 +107,13 @@ def _load(path: Path):  # noqa: ANN202 - Curriculum, imported lazily
     from textbook_gen.spec import load_curriculum
 
     return load_curriculum(path)
+
+
+def _at_least(option: str, value: float | None, minimum: float) -> None:
+    if value is not None and value < minimum:
+        from textbook_gen.errors import ConfigError
+
+        raise ConfigError(f"{option}: must be at least {minimum:g} (got {value:g})")
 
 
 def _fail(e: TextbookGenError) -> typer.Exit:
@@ -100,13 +153,15 @@ def validate(spec: SpecArg) -> None:
 @app.command()
 def plan(
     spec: SpecArg,
-    show: Annotated[int, typer.Option(help="Print the first N rendered prompts.", min=0)] = 0,
+    show: Annotated[int, typer.Option(help="Print the first N rendered prompts.")] = 0,
     limit: LimitOpt = None,
     out_dir: OutOpt = None,
     provider: Annotated[str | None, typer.Option(help="Override model.provider.")] = None,
     model: Annotated[str | None, typer.Option(help="Override model.name.")] = None,
 ) -> None:
     """Show what a run would send and cost, before anything is spent."""
+    _at_least("--limit", limit, 1)
+    _at_least("--show", show, 0)
     from textbook_gen.run import Overrides, apply_overrides
     from textbook_gen.run import plan as make_plan
     from textbook_gen.ui import money
@@ -146,23 +201,27 @@ def run(
                                                  "(local, openai, anthropic).")] = None,
     model: Annotated[str | None, typer.Option(help="Override model.name.")] = None,
     base_url: Annotated[list[str] | None, typer.Option(
+        metavar="URL",
         help="OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama); repeat for replicas."
     )] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j", min=1,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-j",
                                                     help="Requests in flight.")] = None,
     max_cost: Annotated[float | None, typer.Option(
-        help="Stop before a request that could push this run's spend over USD.")] = None,
+        metavar="USD", help="Stop before a request that could push this run's spend over USD.")] = None,
     max_tokens: Annotated[int | None, typer.Option(
         help="Stop before a request that could push this run's tokens over N.")] = None,
     batch: Annotated[bool, typer.Option(
         help="Use the provider's batch API (OpenAI Batch, Anthropic Message Batches): half the "
         "price, results within 24 h. Safe to stop and rerun: batches are never submitted twice."
     )] = False,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between batch status checks.",
-                                                 min=0.0)] = 30.0,
+    poll_interval: Annotated[float, typer.Option(metavar="SECONDS",
+                                                 help="Seconds between batch status checks.")
+                             ] = 30.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Generate the corpus: send what is not stored yet, curate, write shards. Resumable."""
+    _at_least("--limit", limit, 1)
+    _at_least("--poll-interval", poll_interval, 0)
     from textbook_gen.run import Overrides, apply_overrides, run_curriculum
     from textbook_gen.ui import make_progress, money
 
@@ -203,11 +262,15 @@ def curate(
     config: Annotated[Path | None, typer.Option(
         help="YAML file with curation settings (the keys of a spec's curation: section), or a "
         "curriculum spec whose curation: section to use.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl.zst, jsonl or parquet.")] = "jsonl.zst",
-    shard_max_records: Annotated[int, typer.Option(min=1)] = 10_000,
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT",
+                                     help="Shard format: jsonl.zst, jsonl or parquet.")
+                   ] = "jsonl.zst",
+    shard_max_records: Annotated[int, typer.Option(
+        help="Records per shard file; a new file starts after this many.")] = 10_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run the curation stages alone on any corpus: filters, verification, dedup, decontamination."""
+    _at_least("--shard-max-records", shard_max_records, 1)
     from textbook_gen.curate.pipeline import curate_corpus
     from textbook_gen.ui import make_progress
 
@@ -395,7 +458,7 @@ def cat_(
 
 def main() -> None:
     try:
-        app()
+        app(prog_name="textbook-gen")
     except TextbookGenError as e:
         if _debug["on"]:
             raise
