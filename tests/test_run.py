@@ -203,3 +203,31 @@ def test_answer_start_is_refused_for_a_provider_that_cannot_continue(write_spec,
     proc = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "answer_start" in proc.stderr and "openai" in proc.stderr
+
+
+@pytest.mark.slow
+def test_default_shards_load_with_datasets_alone(fake_api, api_env, write_spec, tmp_path):
+    """A training environment with only `datasets` (no zstandard) loads the default shards."""
+    import venv
+
+    path = write_spec(SMALL_SPEC.replace("output: {format: jsonl.zst, shard_max_records: 3}",
+                                         "output: {shard_max_records: 4}"))
+    result = run_curriculum(_spec(path, fake_api.url), out_dir=tmp_path / "o")
+    assert result.manifest["format"] == "parquet"
+    env_dir = tmp_path / "train-env"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "datasets"],
+                             capture_output=True, text=True, timeout=600)
+    if install.returncode != 0:
+        pytest.skip(f"cannot install datasets from the package index: {install.stderr[-300:]}")
+    code = ("import importlib.util, sys, datasets\n"
+            "assert importlib.util.find_spec('zstandard') is None\n"
+            "d = datasets.load_dataset('parquet', data_files=sys.argv[1] + '/shards/*.parquet')\n"
+            "print(d['train'].num_rows, sorted(d['train'].column_names)[:3])\n")
+    load = subprocess.run([str(py), "-c", code, str(tmp_path / "o")], capture_output=True,
+                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin",
+                                                       "HF_DATASETS_OFFLINE": "1",
+                                                       "HOME": str(tmp_path)})
+    assert load.returncode == 0, load.stderr[-2000:]
+    assert load.stdout.split()[0] == "6"

@@ -68,3 +68,24 @@ def test_zero_kept_records_make_a_valid_empty_corpus(tmp_path, fmt):
                         tmp_path, fmt=fmt)
     assert [s.records for s in result.shards] == [0]
     assert list(iter_records(tmp_path)) == []  # reads as an empty corpus, not an error
+
+
+def test_parquet_shards_of_one_corpus_share_one_schema(tmp_path):
+    """A shard where a quality field is null throughout, or an int where another shard has a
+    float, still has the corpus's schema: the shards read together as one table."""
+    import pyarrow.dataset as ds
+
+    def rec(i, judge, words):
+        return {"id": str(i), "text": "t", "seed_words": words,
+                "quality": {"tokens": 5, "verified": None, "judge_score": judge,
+                            "dup_cluster": None, "exercises_total": None,
+                            "exercises_passed": None, "exercises_removed": None}}
+
+    w = ShardWriter(tmp_path, fmt="parquet", max_records=2)
+    w.write_all([rec(0, None, []), rec(1, None, []), rec(2, 4, ["a"]), rec(3, 3.5, ["b"])])
+    w.close()
+    schemas = [pq.read_schema(tmp_path / s.name) for s in w.shards]
+    assert len(schemas) == 2 and schemas[0] == schemas[1]
+    table = ds.dataset([str(tmp_path / s.name) for s in w.shards], format="parquet").to_table()
+    assert table.column("quality").combine_chunks().field("judge_score").to_pylist() == [
+        None, None, 4.0, 3.5]

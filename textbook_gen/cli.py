@@ -263,8 +263,8 @@ def curate(
         help="YAML file with curation settings (the keys of a spec's curation: section), or a "
         "curriculum spec whose curation: section to use.")] = None,
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT",
-                                     help="Shard format: jsonl.zst, jsonl or parquet.")
-                   ] = "jsonl.zst",
+                                     help="Shard format: parquet, jsonl.zst or jsonl.")
+                   ] = "parquet",
     shard_max_records: Annotated[int, typer.Option(
         help="Records per shard file; a new file starts after this many.")] = 10_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,

@@ -16,11 +16,13 @@ from textbook_gen.prompts import PromptRenderer
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore, StoredResponse
 
+PARAMS = ("temperature", "max_tokens", "top_p", "truncation_retry")
+
 
 def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: PromptRenderer,
                params: dict[str, Any]) -> dict[str, Any]:
     """``params``: those of the request as it was sent (after a truncation retry, its own)."""
-    params = {k: v for k, v in params.items() if k != "seed"}
+    params = {k: params.get(k) for k in PARAMS}  # one set of keys: one schema for every shard
     return {
         "id": job.id,
         "text": resp.text or "",
@@ -48,7 +50,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: Promp
             "created_at": dt.datetime.fromtimestamp(resp.created_at, dt.UTC).isoformat(),
             "tool": f"textbook-gen {__version__}",
         },
-        "quality": {"tokens": None, "verified": None, "judge_score": None, "dup_cluster": None},
+        "quality": {},  # filled by curation (curate.pipeline.QUALITY_FIELDS)
     }
 
 

@@ -77,7 +77,7 @@ class ShardWriter:
         *,
         subdir: str = "shards",
         prefix: str = "part",
-        fmt: str = "jsonl.zst",
+        fmt: str = "parquet",
         max_records: int = 10_000,
         keep_empty: bool = False,
     ):
@@ -125,15 +125,49 @@ class ShardWriter:
         self._buffer = []
 
 
+# Parquet types of the record fields textbook-gen writes: every shard of a corpus gets the same
+# schema, even one where a field is null throughout (a type pyarrow cannot infer) or an int
+# where another shard has a float. Other fields are inferred; an all-null one becomes a string.
+KNOWN_TYPES = {
+    "seed_words[]": "string",
+    "quality.tokens": "int64", "quality.verified": "bool", "quality.judge_score": "float64",
+    "quality.dup_cluster": "string", "quality.exercises_total": "int64",
+    "quality.exercises_passed": "int64", "quality.exercises_removed": "int64",
+    "provenance.params.temperature": "float64", "provenance.params.max_tokens": "int64",
+    "provenance.params.top_p": "float64", "provenance.params.truncation_retry": "int64",
+    "provenance.seed": "int64", "provenance.cost_usd": "float64",
+    "provenance.usage.input": "int64", "provenance.usage.output": "int64",
+}
+
+
+def arrow_table(records: list[dict[str, Any]]) -> Any:
+    """A pyarrow table of the records with the corpus-wide types above."""
+    import pyarrow as pa
+
+    if not records:
+        return pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    table = pa.Table.from_pylist(records)
+
+    def fix(t: Any, path: str) -> Any:
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, fix(f.type, f"{path}.{f.name}".lstrip(".")))
+                              for f in t])
+        if pa.types.is_list(t):
+            return pa.list_(fix(t.value_type, f"{path}[]"))
+        if path in KNOWN_TYPES:
+            return pa.type_for_alias(KNOWN_TYPES[path])
+        return pa.string() if pa.types.is_null(t) else t
+
+    schema = pa.schema([pa.field(f.name, fix(f.type, f.name)) for f in table.schema])
+    return table.cast(schema)
+
+
 def _encode(records: list[dict[str, Any]], fmt: str) -> bytes:
     if fmt == "parquet":
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         sink = io.BytesIO()
-        table = pa.Table.from_pylist(records) if records else pa.table(
-            {"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
-        pq.write_table(table, sink, compression="zstd")
+        pq.write_table(arrow_table(records), sink, compression="zstd")
         return sink.getvalue()
     text = "".join(dumps(r) + "\n" for r in records).encode("utf-8")
     if fmt == "jsonl.zst":

@@ -105,7 +105,7 @@ class DocumentSpec(_Strict):
 
 
 class OutputSettings(_Strict):
-    format: Literal["jsonl.zst", "jsonl", "parquet"] = "jsonl.zst"
+    format: Literal["parquet", "jsonl.zst", "jsonl"] = "parquet"  # loads with datasets as is
     shard_max_records: int = Field(10_000, ge=1)
 
 

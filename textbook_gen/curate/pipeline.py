@@ -34,6 +34,10 @@ Record = dict[str, Any]
 Judge = Callable[[list[Record]], dict[str, float | None]]
 Progress = Callable[[str, int, int], None]
 CHUNK = 512
+# every record's quality has these keys (None where a stage did not apply), so that shards of
+# one corpus share one schema
+QUALITY_FIELDS = ("tokens", "verified", "judge_score", "dup_cluster", "exercises_total",
+                  "exercises_passed", "exercises_removed")
 
 
 @dataclass
@@ -112,7 +116,7 @@ class _Curation:
             if not isinstance(record.get("quality"), dict):
                 record["quality"] = {}
             q = record["quality"]
-            for key in ("tokens", "verified", "judge_score", "dup_cluster"):
+            for key in QUALITY_FIELDS:
                 q.setdefault(key, None)  # every record has the same quality fields
             c.seen += 1
             for f in self.filters:
@@ -235,7 +239,7 @@ def _read_spool(path: Path) -> Iterator[Record]:
 
 
 def curate(records: Iterable[Record], settings: CurationSettings, build: Build, *,
-           fmt: str = "jsonl.zst", shard_max_records: int = 10_000, judge: Judge | None = None,
+           fmt: str = "parquet", shard_max_records: int = 10_000, judge: Judge | None = None,
            progress: Progress | None = None) -> CurationResult:
     """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/
     of ``build`` (the caller commits it with its manifest).
@@ -274,7 +278,7 @@ def _with_ids(paths: list[Path]) -> Iterator[Record]:
 
 
 def curate_corpus(inputs: list[Path], out_dir: Path, settings: CurationSettings, *,
-                  fmt: str = "jsonl.zst", shard_max_records: int = 10_000,
+                  fmt: str = "parquet", shard_max_records: int = 10_000,
                   progress: Progress | None = None) -> CurationResult:
     """``textbook-gen curate``: the same stages on any JSONL/Parquet corpus (no judge)."""
     build = Build(Path(out_dir))
