@@ -133,3 +133,31 @@ def test_examples_copy_never_overwrites_without_force(tmp_path):
     assert edited.read_text() == "# my edits\n"
     forced = subprocess.run([*run, "--force"], capture_output=True, timeout=60)
     assert forced.returncode == 0 and edited.read_text() != "# my edits\n"
+
+
+def test_init_writes_a_valid_spec_that_names_every_key(tmp_path):
+    from pydantic import BaseModel
+
+    from textbook_gen.spec import Curriculum, _model_in
+
+    run = [sys.executable, "-m", "textbook_gen", "init", "my-course"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    spec = tmp_path / "my-course" / "my-course.yaml"
+    assert (tmp_path / "my-course" / "templates-small" / "chapter.md.j2").is_file()
+    check = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(spec)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    text = spec.read_text()
+
+    def keys(model: type[BaseModel]):
+        for name, field in model.model_fields.items():
+            yield name
+            inner = _model_in(field.annotation)
+            if inner is not None:
+                yield from keys(inner)
+
+    missing = sorted({k for k in keys(Curriculum) if f"{k}:" not in text})
+    assert not missing, f"the scaffold does not show {missing}"
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr

@@ -377,6 +377,39 @@ def examples(
 
 
 @app.command()
+def init(
+    name: Annotated[str, typer.Argument(help="The course's name: a folder of that name is made.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False,
+) -> None:
+    """Start a curriculum: a commented spec (every key, its default and meaning) and templates."""
+    import shutil
+
+    from textbook_gen.errors import ConfigError
+    from textbook_gen.prompts import data_dir
+    from textbook_gen.spec import slugify
+
+    folder = Path(name)
+    slug = slugify(folder.name)
+    spec = folder / f"{slug}.yaml"
+    plan = [(data_dir("prompts"), folder / "templates"),
+            (data_dir("curricula") / "templates-small", folder / "templates-small")]
+    targets = [spec] + [d / f.relative_to(s) for s, d in plan for f in s.rglob("*") if f.is_file()]
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        raise ConfigError(f"{existing[0]} already exists; nothing was written. Choose another"
+                          " name, or add --force to overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    text = (data_dir("scaffold") / "spec.yaml").read_text("utf-8").replace("{{ name }}", slug)
+    spec.write_text(text, encoding="utf-8")
+    for source, dest in plan:
+        shutil.copytree(source, dest, dirs_exist_ok=True)
+    out.print(f"wrote {spec} (every key, with its default and meaning), {folder}/templates/ (for"
+              f" strong models) and {folder}/templates-small/ (for the bundled model)\n"
+              f"next: textbook-gen validate {spec}  ·  textbook-gen plan {spec}  ·"
+              f"  textbook-gen run {spec}", highlight=False)
+
+
+@app.command()
 def batches(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (holds run.sqlite).")],
 ) -> None:
