@@ -77,7 +77,7 @@ def test_cli_run_and_cat_give_valid_jsonl(fake_api, write_spec, tmp_path):
     assert "4 kept, 0 rejected, 0 failed" in proc.stderr
     # not a terminal: plain progress lines, then where the corpus is and what to run next
     assert "generate: 4/4 jobs" in proc.stderr and "\x1b[" not in proc.stderr
-    assert f"corpus: {out}/shards/" in proc.stderr and f"textbook-gen cat {out}" in proc.stderr
+    assert f"corpus: {out}/shards/" in proc.stderr and f"textbook-gen show {out}" in proc.stderr
     cat = subprocess.run([sys.executable, "-m", "textbook_gen", "cat", str(out)],
                          capture_output=True, text=True, timeout=60, check=True)
     lines = cat.stdout.splitlines()

@@ -311,8 +311,9 @@ def _summary(result: Any, money: Any) -> None:
     shards = [s for s in m["shards"] if s["name"].startswith("shards/")]
     err.print(f"  corpus: {d}/shards/ ({len(shards)} {m['format']} shard"
               f"{'s' * (len(shards) != 1)}, manifest: {d}/manifest.json)", highlight=False)
-    err.print(f"  next: textbook-gen cat {d} --text --separator '\\n\\n' | less    (read it)\n"
-              f"        textbook-gen cat {d} --rejects | head    (why the rest went)",
+    err.print(f"  next: textbook-gen show {d} --random 2    (read two documents)\n"
+              f"        textbook-gen show {d} --rejected --random 2    (and two rejects, with why)\n"
+              f"        textbook-gen cat {d} --text | your-tokenizer    (the text, NUL-separated)",
               highlight=False)
 
 
@@ -434,6 +435,37 @@ def batches(
         t.add_row(r["id"], r["provider"], r["remote_id"] or "-", r["state"], str(r["requests"]),
                   r["remote_status"], counts, r["updated"])
     out.print(t)
+
+
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="Run or curate output directory.")],
+    ids: Annotated[list[str] | None, typer.Option("--id", metavar="ID",
+                                                  help="Only this record id (repeatable).")] = None,
+    subject: Annotated[str | None, typer.Option(help="Only this subject.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only this topic.")] = None,
+    audience: Annotated[str | None, typer.Option(help="Only this audience.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind of document.")] = None,
+    rejected: Annotated[bool, typer.Option("--rejected", help="Show rejected records.")] = False,
+    reason: Annotated[str | None, typer.Option(
+        help="Only rejected records whose reason starts with this, or whose stage it is "
+        "(implies --rejected).")] = None,
+    random_n: Annotated[int | None, typer.Option("--random", metavar="N",
+                                                 help="N matching records at random.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --random.")] = 0,
+) -> None:
+    """Read documents in the terminal, rendered as Markdown with quality and provenance."""
+    from textbook_gen.show import Selection, render, select
+
+    _at_least("--random", random_n, 1)
+    chosen = Selection(tuple(ids or ()), subject, topic, audience, kind, rejected, reason)
+    count = 0
+    for record in select(run_dir, chosen, sample=random_n, seed=seed):
+        render(out, record)
+        count += 1
+    if count == 0:
+        err.print(f"{run_dir}: no {'rejected ' if rejected or reason else ''}record matches",
+                  highlight=False)
 
 
 @app.command("cat")
