@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
-
-import random
 
 from conftest import curate_dir
 from test_curate_pipeline import doc
 
 from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.show import Selection, select
+
 
 def _corpus(tmp_path):
     rng = random.Random(1)
