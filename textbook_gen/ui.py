@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -45,21 +45,9 @@ class RichProgress(RunProgress):
             transient=False,
         )
         task = bar.add_task("generate", total=stats.total, detail="")
-        stop = threading.Event()
-
-        def refresh() -> None:
-            while not stop.wait(0.25):
-                bar.update(task, completed=stats.done, detail=describe(stats))
-
-        with bar:
-            poller = threading.Thread(target=refresh, daemon=True)
-            poller.start()
-            try:
-                yield
-            finally:
-                stop.set()
-                poller.join()
-                bar.update(task, completed=stats.done, detail=describe(stats))
+        with bar, _every(0.25, lambda: bar.update(task, completed=stats.done,
+                                                  detail=describe(stats))):
+            yield
 
     def stage(self, name: str, done: int, total: int) -> None:
         if not self.enabled:
@@ -97,21 +85,9 @@ class PlainProgress(RunProgress):
 
     @contextlib.contextmanager
     def generation(self, stats: GenerationStats, label: str = "generate") -> Iterator[None]:
-        stop = threading.Event()
-
-        def report() -> None:
-            while not stop.wait(self.interval):
-                self._line(f"{label}: {stats.done:,}/{stats.total:,} jobs · "
-                           + _plain(describe(stats)))
-
-        poller = threading.Thread(target=report, daemon=True)
-        poller.start()
-        try:
+        with _every(self.interval, lambda: self._line(
+                f"{label}: {stats.done:,}/{stats.total:,} jobs · " + _plain(describe(stats)))):
             yield
-        finally:
-            stop.set()
-            poller.join()
-            self._line(f"{label}: {stats.done:,}/{stats.total:,} jobs · " + _plain(describe(stats)))
 
     def stage(self, name: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -121,6 +97,25 @@ class PlainProgress(RunProgress):
 
     def message(self, text: str) -> None:
         self._line(text)
+
+
+@contextlib.contextmanager
+def _every(seconds: float, show: Callable[[], None]) -> Iterator[None]:
+    """Call ``show`` every ``seconds`` from a thread while the block runs, and once at its end."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            show()
+
+    poller = threading.Thread(target=loop, daemon=True)
+    poller.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        poller.join()
+        show()
 
 
 def _plain(text: str) -> str:
