@@ -19,7 +19,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -463,13 +462,6 @@ class RunStore:
             (job_id,),
         ).fetchone()
         return StoredResponse(*row) if row else None
-
-    def failures(self) -> Iterator[tuple[str, str, str]]:
-        """(job_id, error_kind, error) for every job whose last request failed."""
-        yield from self.db.execute(
-            "SELECT j.job_id, r.error_kind, r.error FROM jobs j JOIN responses r"
-            " ON r.key = j.request_key WHERE r.status = 'failed' ORDER BY j.job_id"
-        )
 
     def answered_jobs(self) -> int:
         """Jobs of any spec run in this store whose last request has an answer."""
