@@ -18,9 +18,9 @@ from textbook_gen.measures import (
     self_repetition,
 )
 
-WORDS = ("river stone lamp kite harbor maple quartz violin meadow comet lantern orchard "
-         "pepper canyon falcon glacier ribbon saddle tunnel walnut anchor basket cactus "
-         "dolphin ember fossil garnet hammock igloo jasmine").split()
+WORDS = ["river", "stone", "lamp", "kite", "harbor", "maple", "quartz", "violin", "meadow",
+         "comet", "lantern", "orchard", "pepper", "canyon", "falcon", "glacier", "ribbon",
+         "saddle", "tunnel", "walnut", "anchor", "basket", "cactus", "dolphin", "ember"]
 
 
 def _doc(rng: random.Random, n: int = 60) -> str:
