@@ -438,6 +438,16 @@ def batches(
 
 
 @app.command()
+def stats(
+    run_dir: Annotated[Path, typer.Argument(help="Run or curate output directory.")],
+) -> None:
+    """Summarise a corpus: coverage, rejections, quality, diversity, tokens and spend."""
+    from textbook_gen.stats import corpus_stats, render
+
+    render(out, corpus_stats(run_dir), run_dir)
+
+
+@app.command()
 def show(
     run_dir: Annotated[Path, typer.Argument(help="Run or curate output directory.")],
     ids: Annotated[list[str] | None, typer.Option("--id", metavar="ID",

@@ -1,0 +1,51 @@
+"""stats: coverage, rejections and diversity read from a run's outputs (here a curate output)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+from conftest import curate_dir
+from test_measures import WORDS
+
+from textbook_gen.curate.settings import CurationSettings
+from textbook_gen.stats import corpus_stats
+
+
+def _corpus(tmp_path, planted: bool):
+    rng = random.Random(7)
+    records = []
+    for i in range(20):
+        body = " ".join(rng.choice(WORDS) for _ in range(120)) + "."
+        start = "Once upon a time" if planted and i % 5 < 2 else rng.choice(WORDS).capitalize()
+        records.append({"id": f"r{i}", "kind": "chapter", "topic": f"t{i % 2}",
+                        "audience": "kids" if i % 2 else "adults", "text": f"{start} {body}"})
+    records.append({"id": "short", "kind": "chapter", "topic": "t0", "text": "tiny"})
+    settings = CurationSettings(min_tokens=20, check_structure=False, verify_code=False,
+                                stock_openers=[])
+    curate_dir(records, settings, tmp_path)
+    return tmp_path
+
+
+def test_a_planted_opening_shows_as_its_share(tmp_path):
+    s = corpus_stats(_corpus(tmp_path / "p", planted=True))
+    [chapters] = s.diversity
+    assert chapters.documents == 20
+    assert chapters.openings.top[0] == ("once upon a", 8) and chapters.openings.top_share == 0.4
+    assert s.coverage[("t0", "chapter")] == {"kept": 10, "rejected": 1}
+    assert s.reasons == {"filters: too_short": 1}
+    clean = corpus_stats(_corpus(tmp_path / "c", planted=False))
+    assert clean.diversity[0].openings.top_share < 0.2
+    assert set(s.readability) == {"adults", "kids"}
+
+
+def test_stats_command_prints_the_summary(tmp_path):
+    run = _corpus(tmp_path, planted=True)
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "stats", str(run)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "160"})
+    assert proc.returncode == 0, proc.stderr
+    for expected in ("20 kept, 1 rejected", "'once upon a' 40%", "filters: too_short", "10/11"):
+        assert expected in proc.stdout, proc.stdout

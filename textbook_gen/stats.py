@@ -1,0 +1,178 @@
+"""A run's summary: coverage, rejections, quality, diversity and spend, read from its outputs.
+
+``corpus_stats`` reads the manifest, then the kept records and the rejects once each; texts
+are held only in bounded reservoir samples per document kind and per audience (see
+``measures``), so memory does not grow with the corpus. Works on any run or ``curate``
+output directory. ``textbook-gen stats`` draws it with rich.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textbook_gen import measures
+from textbook_gen.shards import iter_records, read_manifest, shard_files
+
+
+@dataclass
+class _Reservoir:
+    """A bounded uniform sample of a stream, fed one item at a time."""
+
+    size: int = measures.SAMPLE
+    seen: int = 0
+    items: list[str] = field(default_factory=list)
+
+    def add(self, text: str, rng: Any) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(text)
+        elif (j := rng.randrange(self.seen)) < self.size:
+            self.items[j] = text
+
+
+@dataclass
+class KindDiversity:
+    kind: str
+    documents: int
+    openings: measures.Openings
+    distinct: measures.DistinctN
+    compression: measures.Compression
+    self_repetition: measures.SelfRepetition
+    near_duplicates: measures.NearDuplicates
+
+
+@dataclass
+class CorpusStats:
+    manifest: dict[str, Any]
+    coverage: dict[tuple[str, str], Counter[str]]  # (place, kind) -> kept / rejected counts
+    reasons: Counter[str]  # "stage: reason" -> count
+    verified: Counter[str]  # exercises documents: verified / failed / unchecked
+    judge_scores: Counter[int]
+    diversity: list[KindDiversity]
+    readability: dict[str, measures.Readability]  # per audience
+
+
+def _records(run_dir: Path, subdir: str) -> Iterator[dict[str, Any]]:
+    for f in shard_files(run_dir, subdir):
+        yield from iter_records(f)
+
+
+def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0) -> CorpusStats:
+    import random
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir) or {}
+    rng = random.Random(seed)
+    coverage: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    reasons: Counter[str] = Counter()
+    verified: Counter[str] = Counter()
+    scores: Counter[int] = Counter()
+    by_kind: dict[str, _Reservoir] = defaultdict(lambda: _Reservoir(sample))
+    by_audience: dict[str, _Reservoir] = defaultdict(lambda: _Reservoir(sample))
+    for r in iter_records(run_dir):
+        kind = str(r.get("kind") or "-")
+        coverage[(_place(r), kind)]["kept"] += 1
+        text = str(r.get("text", ""))
+        by_kind[kind].add(text, rng)
+        if r.get("audience"):
+            by_audience[str(r["audience"])].add(text, rng)
+        q = r.get("quality") or {}
+        if q.get("exercises_total"):
+            verified["verified" if q.get("verified") else "failed"] += 1
+        elif kind == "exercises":
+            verified["unchecked"] += 1
+        if q.get("judge_score") is not None:
+            scores[round(float(q["judge_score"]))] += 1
+    for r in _records(run_dir, "rejects"):
+        why = r.get("rejected") or {}
+        coverage[(_place(r), str(r.get("kind") or "-"))]["rejected"] += 1
+        reasons[f"{why.get('stage', '?')}: {str(why.get('reason', '?')).split(' (')[0]}"] += 1
+    diversity = [_diversity(kind, res) for kind, res in sorted(by_kind.items())]
+    readability = {a: measures.readability(res.items, sample) for a, res in
+                   sorted(by_audience.items())}
+    return CorpusStats(manifest, dict(coverage), reasons, verified, scores, diversity,
+                       readability)
+
+
+def _place(r: dict[str, Any]) -> str:
+    return str(r.get("topic") or r.get("subject") or "-")
+
+
+def _diversity(kind: str, res: _Reservoir) -> KindDiversity:
+    texts: Iterable[str] = res.items
+    nd, _ = measures.near_duplicates(texts)
+    return KindDiversity(kind, res.seen, measures.openings(texts, words=3),
+                         measures.distinct_n(texts), measures.compression_ratio(texts),
+                         measures.self_repetition(texts), nd)
+
+
+def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
+    from rich.table import Table
+
+    m = s.manifest
+    counts = m.get("counts") or {}
+    kept = sum(c["kept"] for c in s.coverage.values())
+    rejected = sum(c["rejected"] for c in s.coverage.values())
+    console.print(f"[bold]{run_dir}[/]: {kept:,} kept, {rejected:,} rejected"
+                  + (f", {counts['failed']:,} failed jobs" if counts.get("failed") else ""))
+
+    kinds = sorted({k for _, k in s.coverage})
+    grid = Table(title="coverage: kept / produced, per place and kind")
+    grid.add_column("place")
+    for k in kinds:
+        grid.add_column(k, justify="right")
+    for place in sorted({p for p, _ in s.coverage}):
+        cells = []
+        for k in kinds:
+            c = s.coverage.get((place, k), Counter())
+            total = c["kept"] + c["rejected"]
+            cells.append("" if not total else
+                         f"{'[red]' if c['kept'] == 0 else ''}{c['kept']}/{total}")
+        grid.add_row(place, *cells)
+    console.print(grid)
+
+    if s.reasons:
+        t = Table(title="rejected, by stage and reason")
+        t.add_column("reason")
+        t.add_column("documents", justify="right")
+        for reason, n in s.reasons.most_common():
+            t.add_row(reason, f"{n:,}")
+        console.print(t)
+
+    quality = []
+    if s.verified:
+        quality.append("exercises: " + ", ".join(f"{k} {v}" for k, v in s.verified.items()))
+    if s.judge_scores:
+        quality.append("judge scores: " + ", ".join(
+            f"{k}: {v}" for k, v in sorted(s.judge_scores.items())))
+    for line in quality:
+        console.print(line)
+
+    d = Table(title="diversity of kept documents, per kind (sample sizes in brackets)")
+    for col in ("kind", "most common opening", "distinct-1/2/3", "compression", "self-rep.",
+                "near-dups"):
+        d.add_column(col)
+    for k in s.diversity:
+        top = k.openings.top[0] if k.openings.top else ("", 0)
+        dv = k.distinct.values
+        d.add_row(f"{k.kind} ({k.documents:,})",
+                  f"{top[0]!r} {k.openings.top_share:.0%} [{k.openings.sample:,}]",
+                  f"{dv[1]:.2f}/{dv[2]:.2f}/{dv[3]:.2f} [{k.distinct.sample:,}]",
+                  f"{k.compression.ratio:.2f} [{k.compression.sample:,}]",
+                  f"{k.self_repetition.score:.2f}",
+                  f"{k.near_duplicates.rate:.1%}")
+    console.print(d)
+    if s.readability:
+        console.print("readability (Flesch-Kincaid grade) per audience: " + ", ".join(
+            f"{a} {r.grade:.1f} [{r.sample}]" for a, r in s.readability.items()))
+
+    usage = m.get("usage") or {}
+    if usage:
+        cost = usage.get("cost_usd")
+        console.print(f"tokens: {usage.get('input_tokens', 0):,} in, "
+                      f"{usage.get('output_tokens', 0):,} out · spent "
+                      + (f"${cost:.4f}" if cost is not None else "unknown"))
