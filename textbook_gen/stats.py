@@ -156,15 +156,15 @@ def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
     for col in ("kind", "most common opening", "distinct-1/2/3", "compression", "self-rep.",
                 "near-dups"):
         d.add_column(col)
-    for k in s.diversity:
-        top = k.openings.top[0] if k.openings.top else ("", 0)
-        dv = k.distinct.values
-        d.add_row(f"{k.kind} ({k.documents:,})",
-                  f"{top[0]!r} {k.openings.top_share:.0%} [{k.openings.sample:,}]",
-                  f"{dv[1]:.2f}/{dv[2]:.2f}/{dv[3]:.2f} [{k.distinct.sample:,}]",
-                  f"{k.compression.ratio:.2f} [{k.compression.sample:,}]",
-                  f"{k.self_repetition.score:.2f}",
-                  f"{k.near_duplicates.rate:.1%}")
+    for kd in s.diversity:
+        top = kd.openings.top[0] if kd.openings.top else ("", 0)
+        dv = kd.distinct.values
+        d.add_row(f"{kd.kind} ({kd.documents:,})",
+                  f"{top[0]!r} {kd.openings.top_share:.0%} [{kd.openings.sample:,}]",
+                  f"{dv[1]:.2f}/{dv[2]:.2f}/{dv[3]:.2f} [{kd.distinct.sample:,}]",
+                  f"{kd.compression.ratio:.2f} [{kd.compression.sample:,}]",
+                  f"{kd.self_repetition.score:.2f}",
+                  f"{kd.near_duplicates.rate:.1%}")
     console.print(d)
     if s.readability:
         console.print("readability (Flesch-Kincaid grade) per audience: " + ", ".join(
