@@ -2,7 +2,7 @@
 measured in the same run on the same server.
 
   python bench/bench_engine.py                  # all three measurements
-  python bench/bench_engine.py --only speed     # speed | latency | memory
+  python bench/bench_engine.py --only speed     # speed | latency | memory | watch
 
 speed:   zero-latency server; a full `run` (render, store, token counting, shards, progress)
          vs the bare official openai SDK sending the same number of requests.
@@ -45,7 +45,7 @@ class Server:
         self.proc.wait()
 
 
-def write_spec(folder: Path, jobs: int, concurrency: int) -> Path:
+def write_spec(folder: Path, jobs: int, concurrency: int, watch: bool = True) -> Path:
     """A curriculum of ``jobs`` jobs. Large ones are built as real ones are, by cross products
     (topics x 4 audiences x 5 styles x 5 samples), so the spec file itself stays small."""
     if jobs % 100 == 0 and jobs >= 1000:
@@ -66,6 +66,7 @@ def write_spec(folder: Path, jobs: int, concurrency: int) -> Path:
         subjects: [{{name: Bench, topics: [{topics}]}}]
         documents: [{doc}]
         curation: {{enabled: false}}
+        watch: {{enabled: {str(watch).lower()}}}
         """) + axes)
     return path
 
@@ -92,10 +93,10 @@ async def bare_sdk(url: str, n: int, concurrency: int) -> float:
 
 
 def ours(url: str, n: int, concurrency: int, *, limit: int | None = None,
-         jobs: int | None = None) -> tuple[float, dict]:
+         jobs: int | None = None, watch: bool = True) -> tuple[float, dict]:
     """A full run in a child process; returns requests/s and the child's report."""
     with tempfile.TemporaryDirectory() as tmp:
-        spec = write_spec(Path(tmp), jobs or n, concurrency)
+        spec = write_spec(Path(tmp), jobs or n, concurrency, watch)
         code = textwrap.dedent(f"""
             import json, resource, time, io
             from pathlib import Path
@@ -177,9 +178,25 @@ def bench_memory(n: int, full: bool) -> None:
               f"{big['elapsed']:.0f} s)")
 
 
+def bench_watch(n: int) -> None:
+    """What the collapse watch costs a run: the same zero-latency run with it on and off,
+    alternated three times (goal: within 5%)."""
+    server = Server(0.0)
+    try:
+        on, off = [], []
+        for _ in range(3):
+            off.append(ours(server.url, n, 32, watch=False)[0])
+            on.append(ours(server.url, n, 32, watch=True)[0])
+    finally:
+        server.close()
+    print(f"[watch]   zero latency, {n} requests, 32 in flight, best of 3")
+    print(f"          watch off: {max(off):7.1f} req/s   watch on: {max(on):7.1f} req/s")
+    print(f"          ratio: {max(on) / max(off):.3f}  (goal >= 0.95)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", choices=["speed", "latency", "memory"])
+    ap.add_argument("--only", choices=["speed", "latency", "memory", "watch"])
     ap.add_argument("-n", type=int, default=3000, help="requests per measurement")
     ap.add_argument("--full-memory", action="store_true", help="also run all 100,000 jobs")
     a = ap.parse_args()
@@ -189,6 +206,8 @@ def main() -> None:
         bench_latency(a.n)
     if a.only in (None, "memory"):
         bench_memory(min(a.n, 5000), a.full_memory)
+    if a.only in (None, "watch"):
+        bench_watch(a.n)
 
 
 if __name__ == "__main__":

@@ -217,6 +217,9 @@ def run(
     poll_interval: Annotated[float, typer.Option(metavar="SECONDS",
                                                  help="Seconds between batch status checks.")
                              ] = 30.0,
+    stop_on_collapse: Annotated[bool, typer.Option(
+        "--stop-on-collapse", help="Stop (resumably, exit 6) when the collapse watch sees one "
+        "opening or near-duplicates take over recent answers.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Generate the corpus: send what is not stored yet, curate, write shards. Resumable."""
@@ -227,7 +230,8 @@ def run(
 
     s = apply_overrides(_load(spec), Overrides(
         provider=provider, model=model, base_url=base_url or [], concurrency=concurrency,
-        max_cost_usd=max_cost, max_total_tokens=max_tokens))
+        max_cost_usd=max_cost, max_total_tokens=max_tokens,
+        stop_on_collapse=True if stop_on_collapse else None))
     if s.curation.enabled and s.curation.verify_code:
         _show_sandbox(s.curation.verify)
     progress = make_progress(err, quiet=quiet)

@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from textbook_gen.errors import FatalProviderError, ProviderError
 from textbook_gen.generator import GenerationStats, WorkItem
@@ -24,6 +24,7 @@ from textbook_gen.ratelimit import RateLimiter
 from textbook_gen.spec import EngineSettings
 from textbook_gen.store import RunStore
 from textbook_gen.tokens import ModelPrice, estimate_input_tokens
+from textbook_gen.watch import Alarm, Watch
 
 MAX_BACKOFF = 60.0
 
@@ -38,6 +39,8 @@ class Engine:
         *,
         ledger: Ledger | None = None,
         stage: str = "generate",
+        watch: Watch | None = None,
+        on_alarm: Callable[[Alarm], None] | None = None,
         retry_base_delay: float = 1.0,
         rate_window: float = 60.0,
     ):
@@ -57,6 +60,8 @@ class Engine:
         )
         self.ledger = ledger or Ledger(settings.max_cost_usd, settings.max_total_tokens)
         self.stage = stage
+        self.watch = watch
+        self.on_alarm = on_alarm
         self.stats = GenerationStats(cost_known=price is not None)
         self._stopping = False
         self._error: Exception | None = None  # the first error that stopped the run
@@ -110,7 +115,7 @@ class Engine:
                 item = next(source, None)  # renders the job's prompt: may raise
                 if item is None:
                     return
-                await self.process(item.job_id, item.request)
+                await self.process(item.job_id, item.request, item.kind, item.cell)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - not a job's end state: stops the run
@@ -121,13 +126,13 @@ class Engine:
     async def _durable(fut: concurrent.futures.Future[None]) -> None:
         await asyncio.wrap_future(fut)
 
-    async def process(self, job_id: str, req: Request) -> None:
+    async def process(self, job_id: str, req: Request, kind: str = "", cell: str = "") -> None:
         """Bring one job to an end state in the store: answered, or failed with a reason."""
         stored = self.store.get_response(req.key)
         if stored is not None and stored.status == "ok":
             retry = self._truncation_retry(req, stored.finish_reason)
             if retry is not None:
-                return await self.process(job_id, retry)
+                return await self.process(job_id, retry, kind, cell)
             if self.store.job_key(job_id) != req.key:  # a rerun writes nothing it need not
                 await self._durable(self.store.link_job(job_id, req.key))
             self.stats.cached += 1
@@ -164,7 +169,14 @@ class Engine:
         retry = self._truncation_retry(req, resp.finish_reason)
         if retry is not None:
             self.stats.done -= 1  # the job is not over: it continues with the larger request
-            await self.process(job_id, retry)
+            await self.process(job_id, retry, kind, cell)
+            return
+        if self.watch is not None:
+            for alarm in self.watch.add(kind, cell, resp.text):
+                if self.on_alarm is not None:
+                    self.on_alarm(alarm)
+                if self.watch.s.stop:
+                    self.request_stop("collapse")
 
     def _on_token(self) -> None:
         """A streaming provider generated one more token (called from its thread)."""

@@ -10,11 +10,12 @@
     ├── StoreError                   the run store cannot be written (disk full, lock held): exit 1
     ├── BudgetExceeded               the next request would cross --max-cost / --max-tokens (exit 4)
     ├── JobsFailed                   the run finished but some jobs failed; outputs are written (exit 5)
+    ├── CollapseStopped              --stop-on-collapse: the watch stopped the run; resumable (exit 6)
     └── Interrupted                  Ctrl-C: state is saved and the run can be resumed (exit 130)
 
 Exit codes, as the README documents them: 0 every job ended kept or rejected; 1 an error of
 the machine or the tool (message says which); 2 bad input; 3 the provider refused the run;
-4 budget reached; 5 finished, some jobs failed; 130 interrupted.
+4 budget reached; 5 finished, some jobs failed; 6 stopped by the collapse watch; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class StoreError(TextbookGenError):
 
 class JobsFailed(TextbookGenError):
     exit_code = 5
+
+
+class CollapseStopped(TextbookGenError):
+    exit_code = 6
 
 
 class Interrupted(TextbookGenError):

@@ -23,6 +23,8 @@ from textbook_gen.providers.base import Request
 class WorkItem:
     job_id: str
     request: Request
+    kind: str = ""  # the document kind and curriculum cell, for the collapse watch
+    cell: str = ""
 
 
 @dataclass

@@ -7,6 +7,8 @@ stage of a run (generation, batch, judge) reserves and accounts in the run's one
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from textbook_gen.checks import spec_problems
-from textbook_gen.errors import ConfigError, Interrupted, SpecError
+from textbook_gen.errors import CollapseStopped, ConfigError, Interrupted, SpecError
 from textbook_gen.expand import Job, count_jobs, jobs
 from textbook_gen.generator import GenerationStats, Generator, WorkItem, drive
 from textbook_gen.ledger import Ledger
@@ -24,6 +26,7 @@ from textbook_gen.providers import Provider, provider_class
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore
 from textbook_gen.tokens import ModelPrice, estimate_input_tokens, price_for
+from textbook_gen.watch import Alarm, Watch
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Overrides:
     max_cost_usd: float | None = None
     max_total_tokens: int | None = None
     retry_truncated: bool | None = None
+    stop_on_collapse: bool | None = None
 
 
 def apply_overrides(spec: Curriculum, o: Overrides) -> Curriculum:
@@ -57,6 +61,8 @@ def apply_overrides(spec: Curriculum, o: Overrides) -> Curriculum:
     data = spec.model_dump(exclude_unset=True)  # keep "unset" visible: providers look at it
     data.setdefault("model", {}).update(model)
     data.setdefault("engine", {}).update(engine)
+    if o.stop_on_collapse is not None:
+        data.setdefault("watch", {})["stop"] = o.stop_on_collapse
     try:
         new = Curriculum.model_validate(data)
     except ValidationError as e:
@@ -312,7 +318,8 @@ def _check_run_dir(out_dir: Path) -> None:
 
 
 def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: bool,
-                   retry_base_delay: float, rate_window: float, poll_interval: float) -> Generator:
+                   retry_base_delay: float, rate_window: float, poll_interval: float,
+                   on_alarm: Callable[[Alarm], None] | None = None) -> Generator:
     if batch:
         from textbook_gen.batch import BatchRunner, backend_for
 
@@ -320,8 +327,10 @@ def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: 
                            ledger=ledger, poll_interval=poll_interval)
     from textbook_gen.engine import Engine
 
+    watch = Watch(spec.watch) if spec.watch.enabled else None
     return Engine(make_providers(spec), store, spec.engine, spec_price(spec), ledger=ledger,
-                  retry_base_delay=retry_base_delay, rate_window=rate_window)
+                  retry_base_delay=retry_base_delay, rate_window=rate_window, watch=watch,
+                  on_alarm=on_alarm)
 
 
 def run_curriculum(
@@ -352,18 +361,33 @@ def run_curriculum(
         if store.replayed:
             progress.message(f"loaded {store.replayed} paid answer(s) an earlier run had saved"
                              " beside the store")
+        alarms: list[Alarm] = []
+
+        def on_alarm(alarm: Alarm) -> None:
+            alarms.append(alarm)
+            progress.message(alarm.message())
+            with open(out_dir / "run.log", "a", encoding="utf-8") as log:
+                log.write(f"{dt.datetime.now(dt.UTC).isoformat()} {alarm.message()}\n")
+
         generator = make_generator(spec, store, ledger, batch=batch,
                                    retry_base_delay=retry_base_delay, rate_window=rate_window,
-                                   poll_interval=poll_interval)
+                                   poll_interval=poll_interval, on_alarm=on_alarm)
         total = job_count(spec, limit)
         identity = store.job_identity
-        items = (WorkItem(j.id, renderer.render(j)) for j in jobs(spec, limit, identity))
+        items = (WorkItem(j.id, renderer.render(j), j.kind, _cell(j))
+                 for j in jobs(spec, limit, identity))
         run_id = store.start_run()
         s = drive(generator, items, total, progress)
         store.finish_run(run_id, s.stop_reason or "complete", sent=s.sent, cached=s.cached,
                          failed=s.failed, cost_usd=ledger.spent_usd)
         if s.stop_reason == "budget":
             raise ledger.exceeded(s.done, s.total)
+        if s.stop_reason == "collapse":
+            raise CollapseStopped(
+                f"{alarms[-1].message()}. Stopped (--stop-on-collapse): every answer received is"
+                f" stored and {out_dir / 'run.log'} has the warnings. Change the templates or"
+                " axes, then run again (only changed prompts are re-sent), or run without"
+                " --stop-on-collapse to continue as it is")
         if s.stop_reason == "interrupted":
             raise Interrupted(
                 f"stopped: {s.done}/{s.total} jobs done, every answer received is stored in"
@@ -374,6 +398,10 @@ def run_curriculum(
                                                  failed=len(failed), ledger=ledger,
                                                  progress=progress)
     return RunResult(out_dir, s, kept, rejected, failed, manifest, ledger)
+
+
+def _cell(job: Job) -> str:
+    return "/".join(x for x in (job.topic or job.subject, job.audience, job.style) if x)
 
 
 def job_failures(spec: Curriculum, store: RunStore,

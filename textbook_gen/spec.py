@@ -104,6 +104,21 @@ class DocumentSpec(_Strict):
         return v
 
 
+class WatchSettings(_Strict):
+    """The live collapse watch over each kind's most recent answers (textbook_gen/watch.py)."""
+
+    enabled: bool = True
+    window: int = Field(200, ge=10, le=100_000, description="recent answers per kind")
+    min_answers: int = Field(30, ge=5, description="answers in the window before it judges")
+    opening_words: int = Field(3, ge=1, le=10)
+    max_opening_share: float = Field(0.10, gt=0, le=1, description="most common opening")
+    max_near_dup_share: float = Field(0.05, gt=0, le=1, description="answers with a near "
+                                      "duplicate (Jaccard of word 5-grams about 0.8 or more) "
+                                      "in the window")
+    stop: bool = Field(False, description="stop the run when it raises an alarm "
+                       "(--stop-on-collapse); resumable")
+
+
 class OutputSettings(_Strict):
     format: Literal["parquet", "jsonl.zst", "jsonl"] = "parquet"  # loads with datasets as is
     shard_max_records: int = Field(10_000, ge=1)
@@ -128,6 +143,7 @@ class Curriculum(_Strict):
     seed_words: Annotated[int, Field(ge=0, le=20)] = 3
     variables: dict[str, Any] = Field(default_factory=dict, description="extra template variables")
     curation: CurationSettings = Field(default_factory=CurationSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
     prices: dict[str, Price] = Field(default_factory=dict)
 
