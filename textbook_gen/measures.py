@@ -67,8 +67,14 @@ class Openings:
 def opening(text: str, words: int) -> str:
     """The first ``words`` words of the first prose line, lower-cased (headings and code
     skipped: a template's own heading is not the model's opening)."""
-    first = next((ln for ln in prose(text).splitlines() if ln.strip()), "")
-    return " ".join(_WORD.findall(first.lower())[:words])
+    in_code = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            in_code = not in_code
+        elif stripped and not in_code and not stripped.startswith("#"):
+            return " ".join(_WORD.findall(stripped.lower())[:words])
+    return ""
 
 
 def openings(texts: Iterable[str], words: int = 3, top: int = 10) -> Openings:

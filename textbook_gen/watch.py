@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from textbook_gen.curate.dedup import ngram_hashes, word_hashes
+from textbook_gen.curate.dedup import ngram_hashes
 from textbook_gen.measures import opening
 from textbook_gen.spec import WatchSettings
 
@@ -111,11 +111,14 @@ class Watch:
 
 def _band_keys(text: str) -> tuple[int, ...]:
     """The LSH band keys of the text's MinHash over word 5-grams (none for an empty text)."""
-    words = word_hashes(text[:WATCH_CHARS])
+    # Python's own string hash: fast, and stable within the process, which is all a
+    # window needs (curation's dedup uses reproducible hashes instead)
+    tokens = text[:WATCH_CHARS].lower().split()
+    words = np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens)).view(np.uint64)
     shingles = ngram_hashes(words, min(5, len(words)))  # repeats do not change a minimum
     if not len(shingles):
         return ()
     with np.errstate(over="ignore"):
         signature = (np.multiply.outer(shingles, _A) + _B).min(axis=0)
-    rows = PERMUTATIONS // BANDS
-    return tuple(hash((b, signature[b * rows:(b + 1) * rows].tobytes())) for b in range(BANDS))
+    return tuple(hash((b, row.tobytes()))
+                 for b, row in enumerate(signature.reshape(BANDS, PERMUTATIONS // BANDS)))
