@@ -25,115 +25,10 @@ from typing import Any
 
 from textbook_gen.errors import StoreError, TextbookGenError
 from textbook_gen.providers.base import Request, Response
+from textbook_gen.store_schema import MIGRATIONS, WRITES
 
-# Named, ordered migrations: never edit one that has shipped, add a new one.
-MIGRATIONS: list[tuple[str, str]] = [
-    (
-        "001_initial",
-        """
-        CREATE TABLE requests (
-            key TEXT PRIMARY KEY,
-            body TEXT NOT NULL,
-            created_at REAL NOT NULL
-        );
-        CREATE TABLE responses (
-            key TEXT PRIMARY KEY,
-            status TEXT NOT NULL,          -- ok | failed
-            text TEXT,
-            finish_reason TEXT,
-            input_tokens INTEGER NOT NULL DEFAULT 0,
-            output_tokens INTEGER NOT NULL DEFAULT 0,
-            cost_usd REAL NOT NULL DEFAULT 0,
-            provider TEXT,
-            model TEXT,
-            response_id TEXT,
-            latency_s REAL,
-            attempts INTEGER NOT NULL DEFAULT 1,
-            error_kind TEXT,
-            error TEXT,
-            batch_id TEXT,
-            created_at REAL NOT NULL
-        );
-        CREATE TABLE jobs (
-            job_id TEXT PRIMARY KEY,
-            request_key TEXT NOT NULL,
-            updated_at REAL NOT NULL
-        );
-        CREATE TABLE runs (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            started_at REAL NOT NULL,
-            finished_at REAL,
-            status TEXT NOT NULL,
-            sent INTEGER NOT NULL DEFAULT 0,
-            cached INTEGER NOT NULL DEFAULT 0,
-            failed INTEGER NOT NULL DEFAULT 0,
-            cost_usd REAL NOT NULL DEFAULT 0
-        );
-        """,
-    ),
-    (
-        "002_batches",
-        """
-        CREATE TABLE batches (
-            id TEXT PRIMARY KEY,           -- our id, written before the provider is called
-            provider TEXT NOT NULL,
-            remote_id TEXT,                -- the provider's batch id, once it exists
-            status TEXT NOT NULL,          -- preparing | submitted | ended | collected | failed
-            keys TEXT NOT NULL,            -- JSON list of request keys in this batch
-            endpoint TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            detail TEXT
-        );
-        """,
-    ),
-    (
-        # Job identity: stores made before job ids came from names keep their position-based
-        # ids ("positions"), so reopening one re-sends nothing; new stores use "names".
-        "003_meta",
-        """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO meta (key, value) SELECT 'job_identity',
-            CASE WHEN EXISTS (SELECT 1 FROM jobs) THEN 'positions' ELSE 'names' END;
-        """,
-    ),
-]
+__all__ = ["MIGRATIONS", "RunStore", "StoredResponse", "explain_sqlite"]
 
-# Every write the store makes, by name: the rescue file holds (name, args) pairs, never SQL.
-_SQL: dict[str, str] = {
-    "request": "INSERT OR IGNORE INTO requests (key, body, created_at) VALUES (?, ?, ?)",
-    "response": (
-        "INSERT OR REPLACE INTO responses (key, status, text, finish_reason, input_tokens,"
-        " output_tokens, cost_usd, provider, model, response_id, latency_s, attempts,"
-        " error_kind, error, batch_id, created_at)"
-        " VALUES (?, 'ok', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)"
-    ),
-    # a failure never replaces a stored answer
-    "failure": (
-        "INSERT INTO responses (key, status, provider, attempts, error_kind, error, created_at)"
-        " VALUES (?, 'failed', ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
-        " attempts=excluded.attempts, error_kind=excluded.error_kind, error=excluded.error,"
-        " created_at=excluded.created_at WHERE responses.status = 'failed'"
-    ),
-    "link": (
-        "INSERT INTO jobs (job_id, request_key, updated_at) VALUES (?, ?, ?)"
-        " ON CONFLICT(job_id) DO UPDATE SET request_key = excluded.request_key,"
-        " updated_at = excluded.updated_at WHERE jobs.request_key != excluded.request_key"
-    ),
-    "run_start": "INSERT INTO runs (id, started_at, status) VALUES (?, ?, 'running')",
-    "run_finish": (
-        "UPDATE runs SET finished_at=?, status=?, sent=?, cached=?, failed=?, cost_usd=?"
-        " WHERE id=?"
-    ),
-    "batch_add": (
-        "INSERT INTO batches (id, provider, status, keys, endpoint, created_at, updated_at)"
-        " VALUES (?, ?, 'preparing', ?, ?, ?, ?)"
-    ),
-    "batch_update": (
-        "UPDATE batches SET status=?, remote_id=COALESCE(?, remote_id),"
-        " detail=COALESCE(?, detail), updated_at=? WHERE id=?"
-    ),
-}
 Op = tuple[str, tuple[Any, ...]]
 Queued = tuple[list[Op], "concurrent.futures.Future[None]"]  # one future for a job's writes
 RESCUE_GLOB = "run.sqlite.rescue-*.jsonl"
@@ -216,7 +111,7 @@ class _Writer(threading.Thread):
             db.execute("BEGIN IMMEDIATE")
             for ops, _ in group:
                 for name, args in ops:
-                    db.execute(_SQL[name], args)
+                    db.execute(WRITES[name], args)
             db.execute("COMMIT")
         except sqlite3.Error as e:
             if db.in_transaction:
@@ -384,12 +279,12 @@ class RunStore:
                         name, args = json.loads(line)
                     except ValueError:
                         continue  # a line cut short by the crash that left this file
-                    if name in _SQL:
+                    if name in WRITES:
                         ops.append((name, tuple(args)))
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 for name, args in ops:
-                    self.db.execute(_SQL[name], args)
+                    self.db.execute(WRITES[name], args)
                 self.db.execute("COMMIT")
             except sqlite3.Error as e:
                 if self.db.in_transaction:

@@ -1,0 +1,115 @@
+"""The run store's schema: named migrations, and every write it makes as named SQL.
+
+Kept apart from ``store.py`` (which runs them) so the schema reads in one place.
+"""
+
+from __future__ import annotations
+
+# Named, ordered migrations: never edit one that has shipped, add a new one.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_initial",
+        """
+        CREATE TABLE requests (
+            key TEXT PRIMARY KEY,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE responses (
+            key TEXT PRIMARY KEY,
+            status TEXT NOT NULL,          -- ok | failed
+            text TEXT,
+            finish_reason TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            provider TEXT,
+            model TEXT,
+            response_id TEXT,
+            latency_s REAL,
+            attempts INTEGER NOT NULL DEFAULT 1,
+            error_kind TEXT,
+            error TEXT,
+            batch_id TEXT,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY,
+            request_key TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            status TEXT NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0,
+            cached INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0
+        );
+        """,
+    ),
+    (
+        "002_batches",
+        """
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY,           -- our id, written before the provider is called
+            provider TEXT NOT NULL,
+            remote_id TEXT,                -- the provider's batch id, once it exists
+            status TEXT NOT NULL,          -- preparing | submitted | ended | collected | failed
+            keys TEXT NOT NULL,            -- JSON list of request keys in this batch
+            endpoint TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            detail TEXT
+        );
+        """,
+    ),
+    (
+        # Job identity: stores made before job ids came from names keep their position-based
+        # ids ("positions"), so reopening one re-sends nothing; new stores use "names".
+        "003_meta",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta (key, value) SELECT 'job_identity',
+            CASE WHEN EXISTS (SELECT 1 FROM jobs) THEN 'positions' ELSE 'names' END;
+        """,
+    ),
+]
+
+# Every write the store makes, by name: the rescue file holds (name, args) pairs, never SQL.
+WRITES: dict[str, str] = {
+    "request": "INSERT OR IGNORE INTO requests (key, body, created_at) VALUES (?, ?, ?)",
+    "response": (
+        "INSERT OR REPLACE INTO responses (key, status, text, finish_reason, input_tokens,"
+        " output_tokens, cost_usd, provider, model, response_id, latency_s, attempts,"
+        " error_kind, error, batch_id, created_at)"
+        " VALUES (?, 'ok', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)"
+    ),
+    # a failure never replaces a stored answer
+    "failure": (
+        "INSERT INTO responses (key, status, provider, attempts, error_kind, error, created_at)"
+        " VALUES (?, 'failed', ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
+        " attempts=excluded.attempts, error_kind=excluded.error_kind, error=excluded.error,"
+        " created_at=excluded.created_at WHERE responses.status = 'failed'"
+    ),
+    "link": (
+        "INSERT INTO jobs (job_id, request_key, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT(job_id) DO UPDATE SET request_key = excluded.request_key,"
+        " updated_at = excluded.updated_at WHERE jobs.request_key != excluded.request_key"
+    ),
+    "run_start": "INSERT INTO runs (id, started_at, status) VALUES (?, ?, 'running')",
+    "run_finish": (
+        "UPDATE runs SET finished_at=?, status=?, sent=?, cached=?, failed=?, cost_usd=?"
+        " WHERE id=?"
+    ),
+    "batch_add": (
+        "INSERT INTO batches (id, provider, status, keys, endpoint, created_at, updated_at)"
+        " VALUES (?, ?, 'preparing', ?, ?, ?, ?)"
+    ),
+    "batch_update": (
+        "UPDATE batches SET status=?, remote_id=COALESCE(?, remote_id),"
+        " detail=COALESCE(?, detail), updated_at=? WHERE id=?"
+    ),
+}
