@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("river stone lamp kite harbor maple quartz violin meadow comet lantern orchard pepper "
-         "canyon falcon glacier ribbon saddle tunnel walnut anchor basket cactus dolphin ember "
-         "fossil garnet hammock igloo jasmine").split()
+WORDS = ["river", "stone", "lamp", "kite", "harbor", "maple", "quartz", "violin", "meadow",
+         "comet", "lantern", "orchard", "pepper", "canyon", "falcon", "glacier", "ribbon",
+         "saddle", "tunnel", "walnut", "anchor", "basket", "cactus", "dolphin", "ember"]
 
 
 def make_corpus(folder: Path, n: int) -> Path:
