@@ -409,6 +409,17 @@ def stats(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run or curate output directory.")],
+) -> None:
+    """Write RUN_DIR/report.html: coverage, quality, rejections, diversity, spend (offline)."""
+    from textbook_gen.report import write_report
+
+    path = write_report(run_dir)
+    out.print(str(path), highlight=False)
+
+
+@app.command()
 def show(
     run_dir: Annotated[Path, typer.Argument(help="Run or curate output directory.")],
     ids: Annotated[list[str] | None, typer.Option("--id", metavar="ID",

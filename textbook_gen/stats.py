@@ -43,6 +43,7 @@ class KindDiversity:
     compression: measures.Compression
     self_repetition: measures.SelfRepetition
     near_duplicates: measures.NearDuplicates
+    cluster_examples: list[list[str]] = field(default_factory=list)  # openings of members
 
 
 @dataclass
@@ -54,6 +55,13 @@ class CorpusStats:
     judge_scores: Counter[int]
     diversity: list[KindDiversity]
     readability: dict[str, measures.Readability]  # per audience
+    # for the report: bounded by construction
+    judge_by_kind: dict[str, Counter[int]] = field(default_factory=dict)
+    tokens_by_kind: dict[str, Counter[int]] = field(default_factory=dict)  # 50-token bins
+    reason_examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # 2 each
+
+TOKEN_BIN = 50
+EXAMPLES = 2
 
 
 def _records(run_dir: Path, subdir: str) -> Iterator[dict[str, Any]]:
@@ -73,6 +81,9 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
     scores: Counter[int] = Counter()
     by_kind: dict[str, _Reservoir] = defaultdict(lambda: _Reservoir(sample))
     by_audience: dict[str, _Reservoir] = defaultdict(lambda: _Reservoir(sample))
+    judge_by_kind: dict[str, Counter[int]] = defaultdict(Counter)
+    tokens_by_kind: dict[str, Counter[int]] = defaultdict(Counter)
+    examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in iter_records(run_dir):
         kind = str(r.get("kind") or "-")
         coverage[(_place(r), kind)]["kept"] += 1
@@ -87,15 +98,23 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
             verified["unchecked"] += 1
         if q.get("judge_score") is not None:
             scores[round(float(q["judge_score"]))] += 1
+            judge_by_kind[kind][round(float(q["judge_score"]))] += 1
+        if q.get("tokens") is not None:
+            tokens_by_kind[kind][int(q["tokens"]) // TOKEN_BIN * TOKEN_BIN] += 1
     for r in _records(run_dir, "rejects"):
         why = r.get("rejected") or {}
         coverage[(_place(r), str(r.get("kind") or "-"))]["rejected"] += 1
-        reasons[f"{why.get('stage', '?')}: {str(why.get('reason', '?')).split(' (')[0]}"] += 1
+        reason = f"{why.get('stage', '?')}: {str(why.get('reason', '?')).split(' (')[0]}"
+        reasons[reason] += 1
+        if len(examples[reason]) < EXAMPLES:
+            examples[reason].append({"id": r.get("id"), "text": str(r.get("text", ""))[:800],
+                                     "detail": str(why.get("reason", "")) + "\n"
+                                     + str(why.get("detail", ""))[:400]})
     diversity = [_diversity(kind, res) for kind, res in sorted(by_kind.items())]
     readability = {a: measures.readability(res.items, sample) for a, res in
                    sorted(by_audience.items())}
     return CorpusStats(manifest, dict(coverage), reasons, verified, scores, diversity,
-                       readability)
+                       readability, dict(judge_by_kind), dict(tokens_by_kind), dict(examples))
 
 
 def _place(r: dict[str, Any]) -> str:
@@ -104,10 +123,11 @@ def _place(r: dict[str, Any]) -> str:
 
 def _diversity(kind: str, res: _Reservoir) -> KindDiversity:
     texts: Iterable[str] = res.items
-    nd, _ = measures.near_duplicates(texts)
+    nd, sampled = measures.near_duplicates(texts)
+    examples = [[sampled[i][:300] for i in cluster[:3]] for cluster in nd.clusters]
     return KindDiversity(kind, res.seen, measures.openings(texts, words=3),
                          measures.distinct_n(texts), measures.compression_ratio(texts),
-                         measures.self_repetition(texts), nd)
+                         measures.self_repetition(texts), nd, examples)
 
 
 def render(console: Any, s: CorpusStats, run_dir: Path) -> None:

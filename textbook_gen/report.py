@@ -1,0 +1,200 @@
+"""``textbook-gen report``: one self-contained ``report.html`` for a run directory.
+
+Everything is inline (plotly.js included once), so the page opens offline and makes no
+network request. Charts are plotly figures: a well-kept library whose figures embed as plain
+HTML with their JavaScript, interactive without a server. The figures come from
+``stats.corpus_stats``; spend and throughput over time from the run store when there is one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from textbook_gen import __version__
+from textbook_gen.stats import CorpusStats, corpus_stats
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.6rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem}
+th{background:#f4f4f4;text-align:left}td.num{text-align:right}td.empty{background:#fde2e2}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1rem}.muted{color:#777}
+pre{white-space:pre-wrap;background:#f8f8f8;padding:.5rem;font-size:.85rem;max-height:14rem;
+overflow:auto}
+"""
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    s = corpus_stats(run_dir)
+    parts = [_header(run_dir, s), _coverage(s), _charts(s), _rejections(s), _diversity(s),
+             _spend(run_dir), _provenance(s)]
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>textbook-gen report: {html.escape(str(run_dir))}</title>"
+            f"<style>{CSS}</style><script>{_plotly_js()}</script></head><body>"
+            + "".join(parts) + "</body></html>")
+    out = run_dir / "report.html"
+    tmp = out.with_name(".report.html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
+def _figure(fig: Any, div_id: str) -> str:
+    fig.update_layout(margin={"l": 40, "r": 10, "t": 40, "b": 40}, height=320)
+    return str(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                           config={"displaylogo": False}))
+
+
+def _header(run_dir: Path, s: CorpusStats) -> str:
+    kept = sum(c["kept"] for c in s.coverage.values())
+    rejected = sum(c["rejected"] for c in s.coverage.values())
+    failed = (s.manifest.get("counts") or {}).get("failed", 0)
+    return (f"<h1>{html.escape(str(s.manifest.get('name') or run_dir.name))}</h1>"
+            f"<p class='muted'>{html.escape(str(run_dir))} · report of"
+            f" {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC</p>"
+            f"<p><b>{kept:,} kept</b>, {rejected:,} rejected, {failed:,} failed jobs.</p>")
+
+
+def _coverage(s: CorpusStats) -> str:
+    kinds = sorted({k for _, k in s.coverage})
+    rows = []
+    for place in sorted({p for p, _ in s.coverage}):
+        cells = []
+        for k in kinds:
+            c = s.coverage.get((place, k))
+            if not c:
+                cells.append("<td></td>")
+                continue
+            total = c["kept"] + c["rejected"]
+            cls = "num empty" if c["kept"] == 0 else "num"
+            cells.append(f"<td class='{cls}'>{c['kept']} / {total}</td>")
+        rows.append(f"<tr><th>{html.escape(place)}</th>{''.join(cells)}</tr>")
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in kinds)
+    return ("<h2>Coverage</h2><p class='muted'>kept / produced per place and kind; cells where"
+            " nothing survived are red.</p>"
+            f"<table id='coverage'><tr><th>place</th>{head}</tr>{''.join(rows)}</table>")
+
+
+def _charts(s: CorpusStats) -> str:
+    import plotly.graph_objects as go
+
+    tokens = go.Figure([go.Bar(name=k, x=sorted(c), y=[c[b] for b in sorted(c)])
+                        for k, c in sorted(s.tokens_by_kind.items())])
+    tokens.update_layout(title="length of kept documents (tokens, 50-token bins)",
+                         barmode="group")
+    out = ["<h2>Quality</h2><div class='grid'>", _figure(tokens, "chart-tokens")]
+    if s.judge_by_kind:
+        judge = go.Figure([go.Bar(name=k, x=sorted(c), y=[c[b] for b in sorted(c)])
+                           for k, c in sorted(s.judge_by_kind.items())])
+        judge.update_layout(title="judge scores (0-5)", barmode="group")
+        out.append(_figure(judge, "chart-judge"))
+    else:
+        out.append("<p class='muted'>No judge scores: the judge was off.</p>")
+    out.append("</div>")
+    if s.verified:
+        out.append("<p>Exercises: " + ", ".join(f"{html.escape(k)} {v:,}"
+                                                 for k, v in s.verified.items()) + "</p>")
+    return "".join(out)
+
+
+def _rejections(s: CorpusStats) -> str:
+    if not s.reasons:
+        return "<h2>Rejections</h2><p>None.</p>"
+    import plotly.graph_objects as go
+
+    reasons = s.reasons.most_common()
+    fig = go.Figure(go.Bar(x=[n for _, n in reasons][::-1], y=[r for r, _ in reasons][::-1],
+                           orientation="h"))
+    fig.update_layout(title="rejected documents by stage and reason")
+    out = ["<h2>Rejections</h2>", _figure(fig, "chart-reasons")]
+    for reason, n in reasons:
+        out.append(f"<h3>{html.escape(reason)} ({n:,})</h3><div class='grid'>")
+        for ex in s.reason_examples.get(reason, []):
+            out.append(f"<div><b>{html.escape(str(ex['id']))}</b>"
+                       f"<pre>{html.escape(ex['detail'])}</pre>"
+                       f"<pre>{html.escape(ex['text'])}</pre></div>")
+        out.append("</div>")
+    return "".join(out)
+
+
+def _diversity(s: CorpusStats) -> str:
+    out = ["<h2>Diversity</h2><p class='muted'>Per kind of kept document; sample sizes in"
+           " brackets.</p>"]
+    for d in s.diversity:
+        dv = d.distinct.values
+        openings = "".join(f"<tr><td>{html.escape(o)}</td><td class='num'>{n:,}</td>"
+                           f"<td class='num'>{n / max(d.openings.sample, 1):.0%}</td></tr>"
+                           for o, n in d.openings.top[:10])
+        clusters = "".join(
+            f"<div><b>{len(c)} documents</b>" + "".join(
+                f"<pre>{html.escape(t)}</pre>" for t in ex) + "</div>"
+            for c, ex in zip(d.near_duplicates.clusters, d.cluster_examples, strict=False)
+        ) or "<p>No near-duplicates in the sample.</p>"
+        out.append(
+            f"<h3>{html.escape(d.kind)} ({d.documents:,} documents)</h3>"
+            f"<p>distinct-1/2/3/4: {dv[1]:.2f} / {dv[2]:.2f} / {dv[3]:.2f} / {dv[4]:.2f}"
+            f" [{d.distinct.sample:,}] · compression ratio {d.compression.ratio:.2f}"
+            f" [{d.compression.sample:,}] · self-repetition {d.self_repetition.score:.2f}"
+            f" · near-duplicates {d.near_duplicates.rate:.1%} [{d.near_duplicates.sample:,}]</p>"
+            f"<div class='grid'><div><b>most common openings</b> [{d.openings.sample:,}]"
+            f"<table class='openings'><tr><th>opening</th><th>documents</th><th>share</th></tr>"
+            f"{openings}</table></div><div><b>largest near-duplicate clusters</b>{clusters}"
+            "</div></div>")
+    if s.readability:
+        out.append("<p>Readability (Flesch-Kincaid grade) per audience: " + ", ".join(
+            f"{html.escape(a)} {r.grade:.1f} [{r.sample}]" for a, r in s.readability.items())
+            + "</p>")
+    return "".join(out)
+
+
+def _spend(run_dir: Path) -> str:
+    store = run_dir / "run.sqlite"
+    if not store.exists():
+        return "<h2>Spend</h2><p class='muted'>No run store here (a curate output).</p>"
+    import plotly.graph_objects as go
+
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT created_at, cost_usd, output_tokens FROM responses"
+                          " WHERE status = 'ok' ORDER BY created_at").fetchall()
+    finally:
+        db.close()
+    if not rows:
+        return "<h2>Spend</h2><p>No answers stored.</p>"
+    times = [dt.datetime.fromtimestamp(t, dt.UTC) for t, _, _ in rows]
+    cost, tokens, c, k = [], [], 0.0, 0
+    for _, usd, out_tokens in rows:
+        c += usd
+        k += out_tokens
+        cost.append(c)
+        tokens.append(k)
+    spend = go.Figure(go.Scatter(x=times, y=cost, mode="lines"))
+    spend.update_layout(title=f"cumulative spend (USD): ${c:.4f}")
+    made = go.Figure(go.Scatter(x=times, y=tokens, mode="lines"))
+    made.update_layout(title=f"cumulative output tokens: {k:,}")
+    return ("<h2>Spend and throughput</h2><div class='grid'>" + _figure(spend, "chart-spend")
+            + _figure(made, "chart-throughput") + "</div>")
+
+
+def _provenance(s: CorpusStats) -> str:
+    m = s.manifest
+    rows = [("tool", f"textbook-gen {__version__} (manifest: {m.get('tool', '?')})"),
+            ("model", f"{(m.get('model') or {}).get('provider', '')}/"
+                      f"{(m.get('model') or {}).get('name', '')}"),
+            ("spec", f"{(m.get('spec') or {}).get('path', '')}"
+                     f" sha256 {(m.get('spec') or {}).get('sha256', '')}")]
+    rows += [(f"template {name}", digest) for name, digest in (m.get("templates") or {}).items()]
+    return ("<h2>Provenance</h2><table id='provenance'>" + "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        + "</table>")
