@@ -28,6 +28,7 @@ import numpy as np
 from textbook_gen.curate.dedup import Deduplicator, ngram_hashes, word_hashes
 
 SAMPLE = 2_000  # texts held by the sampled measures
+READABILITY_SAMPLE = 300  # syllable counting is slow; a mean grade settles long before 2,000
 _FENCE = re.compile(r"^```.*?(?:^```|\Z)", re.M | re.S)
 _WORD = re.compile(r"[\w'-]+")
 
@@ -176,7 +177,7 @@ class Readability:
     grade: float  # mean Flesch-Kincaid grade of the prose (code and headings left out)
 
 
-def readability(texts: Iterable[str], sample: int = SAMPLE) -> Readability:
+def readability(texts: Iterable[str], sample: int = READABILITY_SAMPLE) -> Readability:
     import textstat
 
     grades = [float(textstat.flesch_kincaid_grade(p))

@@ -111,8 +111,8 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
                                      "detail": str(why.get("reason", "")) + "\n"
                                      + str(why.get("detail", ""))[:400]})
     diversity = [_diversity(kind, res) for kind, res in sorted(by_kind.items())]
-    readability = {a: measures.readability(res.items, sample) for a, res in
-                   sorted(by_audience.items())}
+    readability = {a: measures.readability(res.items, min(sample, measures.READABILITY_SAMPLE))
+                   for a, res in sorted(by_audience.items())}
     return CorpusStats(manifest, dict(coverage), reasons, verified, scores, diversity,
                        readability, dict(judge_by_kind), dict(tokens_by_kind), dict(examples))
 
