@@ -49,3 +49,12 @@ def test_stats_command_prints_the_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for expected in ("20 kept, 1 rejected", "'once upon a' 40%", "filters: too_short", "10/11"):
         assert expected in proc.stdout, proc.stdout
+
+
+def test_report_is_written_for_a_curate_output_too(tmp_path):
+    run = _corpus(tmp_path, planted=True)
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "report", str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    page = (run / "report.html").read_text()
+    assert "once upon a" in page and "No run store here" in page and "too_short" in page
