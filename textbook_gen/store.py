@@ -31,7 +31,6 @@ __all__ = ["MIGRATIONS", "RunStore", "StoredResponse", "explain_sqlite"]
 
 Op = tuple[str, tuple[Any, ...]]
 Queued = tuple[list[Op], "concurrent.futures.Future[None]"]  # one future for a job's writes
-RESCUE_GLOB = "run.sqlite.rescue-*.jsonl"
 
 
 @dataclass(frozen=True)
@@ -152,8 +151,13 @@ class RunStore:
         self._last: concurrent.futures.Future[None] | None = None
         self._error: StoreError | None = None  # the first write that could not be committed
         self._rescued = 0
-        self.replayed = self._replay_rescues()
-        self._next_run_id: int | None = None
+        # only the run that owns the directory loads saved answers; readers (plan) do not write
+        try:
+            self.replayed = self._replay_rescues() if exclusive else 0
+        except StoreError:
+            self.db.close()
+            self._release_lock()
+            raise
 
     # -- connection and schema
     def _connect(self) -> sqlite3.Connection:
@@ -271,7 +275,7 @@ class RunStore:
     def _replay_rescues(self) -> int:
         """Load rescue files left by an earlier run into the store, then remove them."""
         replayed = 0
-        for rescue in sorted(self.path.parent.glob(RESCUE_GLOB)):
+        for rescue in sorted(self.path.parent.glob(f"{self.path.name}.rescue-*.jsonl")):
             ops: list[Op] = []
             with open(rescue, encoding="utf-8") as f:
                 for line in f:
