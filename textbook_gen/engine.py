@@ -171,8 +171,8 @@ class Engine:
             self.stats.done -= 1  # the job is not over: it continues with the larger request
             await self.process(job_id, retry, kind, cell)
             return
-        if self.watch is not None:
-            for alarm in self.watch.add(kind, cell, resp.text):
+        if self.watch is not None:  # it judges the model's words, not a template's answer start
+            for alarm in self.watch.add(kind, cell, resp.text[len(req.answer_start or ""):]):
                 if self.on_alarm is not None:
                     self.on_alarm(alarm)
                 if self.watch.s.stop:
