@@ -250,14 +250,15 @@ def test_delay_fault_and_ordering(api):
     assert [r.fault for r in api.requests] == ["delay", "500"]
 
 
-def test_sdk_retries_honour_retry_after_ms(api):
+def test_sdk_retries_wait_at_least_the_retry_after_ms_the_server_sent(api):
     api.script({"status": 429, "headers": {"retry-after-ms": "50"}},
                {"status": 503, "headers": {"retry-after-ms": "20"}})
-    t = time.monotonic()
     r = run(chat(api, retries=2))
     assert r.choices[0].finish_reason == "stop"
     assert api.count("/v1/chat/completions") == 3
-    assert time.monotonic() - t < 3
+    arrivals = [q.at for q in api.requests if q.path == "/v1/chat/completions"]
+    # lower bounds only: a loaded machine can make the gaps longer, never shorter
+    assert arrivals[1] - arrivals[0] >= 0.05 and arrivals[2] - arrivals[1] >= 0.02
 
 
 def test_http_date_retry_after(api):
