@@ -89,6 +89,6 @@ def read_kept(out: Path) -> list[dict]:
 
 
 def read_rejects(out: Path) -> list[dict]:
-    from textbook_gen.shards import iter_records, shard_files
+    from textbook_gen.shards import iter_records
 
-    return [r for f in shard_files(out, "rejects") for r in iter_records(f)]
+    return list(iter_records(out, "rejects"))

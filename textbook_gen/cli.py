@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -465,7 +464,7 @@ def cat_(
 ) -> None:
     """Print records as JSONL (or just their text) for a training job or a pipe."""
     from textbook_gen.errors import ConfigError, InputError
-    from textbook_gen.shards import dumps, iter_records, shard_files
+    from textbook_gen.shards import dumps, iter_records
 
     try:
         sep = separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
@@ -473,12 +472,7 @@ def cat_(
         raise ConfigError(f"--separator {separator!r}: not a valid escape sequence") from None
     if text and not sep:
         raise ConfigError("--separator: must not be empty (document boundaries would be lost)")
-    stream: Iterator[dict[str, Any]]
-    if rejects and path.is_dir():
-        sources = shard_files(path, "rejects")
-        stream = (r for f in sources for r in iter_records(f))
-    else:
-        stream = iter_records(path)
+    stream = iter_records(path, "rejects" if rejects else "shards")
     write = sys.stdout.write
     count = 0
     try:

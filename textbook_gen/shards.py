@@ -180,12 +180,13 @@ def _encode(records: list[dict[str, Any]], fmt: str) -> bytes:
 # ----------------------------------------------------------------------------- reading
 
 
-def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records from a shard file, a plain/zst JSONL or Parquet file, or a run directory.
-    A file that is cut short, corrupt or not UTF-8 raises ``InputError`` naming it."""
+def iter_records(path: Path, subdir: str = "shards") -> Iterator[dict[str, Any]]:
+    """Records from a shard file, a plain/zst JSONL or Parquet file, or a run directory (its
+    ``subdir``: "shards" or "rejects"). A file that is cut short, corrupt or not UTF-8 raises
+    ``InputError`` naming it."""
     path = Path(path)
     if path.is_dir():
-        for shard in shard_files(path):
+        for shard in shard_files(path, subdir):
             yield from iter_records(shard)
         return
     if not path.exists():

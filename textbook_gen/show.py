@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textbook_gen.shards import iter_records, shard_files
+from textbook_gen.shards import iter_records
 
 Record = dict[str, Any]
 
@@ -43,8 +43,7 @@ def select(run_dir: Path, s: Selection, *, sample: int | None = None,
            seed: int = 0) -> Iterator[Record]:
     """The matching records of a run (or its rejects); ``sample``: that many at random,
     reservoir-sampled so a corpus of any size is read once in bounded memory."""
-    source = ((r for f in shard_files(run_dir, "rejects") for r in iter_records(f))
-              if s.rejected or s.reason else iter_records(run_dir))
+    source = iter_records(run_dir, "rejects" if s.rejected or s.reason else "shards")
     matching = (r for r in source if s.matches(r))
     if sample is None:
         yield from matching

@@ -9,13 +9,13 @@ output directory. ``textbook-gen stats`` draws it with rich.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from textbook_gen import measures
-from textbook_gen.shards import iter_records, read_manifest, shard_files
+from textbook_gen.shards import iter_records, read_manifest
 
 
 @dataclass
@@ -64,11 +64,6 @@ TOKEN_BIN = 50
 EXAMPLES = 2
 
 
-def _records(run_dir: Path, subdir: str) -> Iterator[dict[str, Any]]:
-    for f in shard_files(run_dir, subdir):
-        yield from iter_records(f)
-
-
 def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0) -> CorpusStats:
     import random
 
@@ -101,7 +96,7 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
             judge_by_kind[kind][round(float(q["judge_score"]))] += 1
         if q.get("tokens") is not None:
             tokens_by_kind[kind][int(q["tokens"]) // TOKEN_BIN * TOKEN_BIN] += 1
-    for r in _records(run_dir, "rejects"):
+    for r in iter_records(run_dir, "rejects"):
         why = r.get("rejected") or {}
         coverage[(_place(r), str(r.get("kind") or "-"))]["rejected"] += 1
         reason = f"{why.get('stage', '?')}: {str(why.get('reason', '?')).split(' (')[0]}"
