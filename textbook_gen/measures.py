@@ -22,27 +22,42 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from textbook_gen.curate.dedup import Deduplicator, ngram_hashes, word_hashes
 
+T = TypeVar("T")
 SAMPLE = 2_000  # texts held by the sampled measures
 READABILITY_SAMPLE = 300  # syllable counting is slow; a mean grade settles long before 2,000
 _FENCE = re.compile(r"^```.*?(?:^```|\Z)", re.M | re.S)
 _WORD = re.compile(r"[\w'-]+")
 
 
-def reservoir(texts: Iterable[str], size: int = SAMPLE, seed: int = 0) -> list[str]:
-    """A uniform sample of at most ``size`` texts, read in one pass."""
-    rng = random.Random(seed)
-    chosen: list[str] = []
-    for i, t in enumerate(texts):
-        if len(chosen) < size:
-            chosen.append(t)
-        elif (j := rng.randrange(i + 1)) < size:
-            chosen[j] = t
-    return chosen
+class Reservoir(Generic[T]):
+    """A uniform sample of at most ``size`` items of a stream fed one at a time (Algorithm R);
+    ``seen`` counts every item offered."""
+
+    def __init__(self, size: int = SAMPLE, rng: random.Random | None = None):
+        self.size, self.seen = size, 0
+        self.items: list[T] = []
+        self.rng = rng or random.Random(0)
+
+    def add(self, item: T) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+        elif (j := self.rng.randrange(self.seen)) < self.size:
+            self.items[j] = item
+
+
+def reservoir(items: Iterable[T], size: int = SAMPLE, seed: int = 0) -> list[T]:
+    """A uniform sample of at most ``size`` items, read in one pass."""
+    r: Reservoir[T] = Reservoir(size, random.Random(seed))
+    for item in items:
+        r.add(item)
+    return r.items
 
 
 def prose(text: str) -> str:

@@ -3,12 +3,12 @@ quality fields and provenance, filtered by their coordinates or rejection reason
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textbook_gen.measures import reservoir
 from textbook_gen.shards import iter_records
 
 Record = dict[str, Any]
@@ -45,19 +45,7 @@ def select(run_dir: Path, s: Selection, *, sample: int | None = None,
     reservoir-sampled so a corpus of any size is read once in bounded memory."""
     source = iter_records(run_dir, "rejects" if s.rejected or s.reason else "shards")
     matching = (r for r in source if s.matches(r))
-    if sample is None:
-        yield from matching
-        return
-    rng = random.Random(seed)
-    chosen: list[Record] = []
-    for i, r in enumerate(matching):
-        if len(chosen) < sample:
-            chosen.append(r)
-        else:
-            j = rng.randrange(i + 1)
-            if j < sample:
-                chosen[j] = r
-    yield from chosen
+    yield from matching if sample is None else reservoir(matching, sample, seed)
 
 
 def render(console: Any, r: Record) -> None:

@@ -19,22 +19,6 @@ from textbook_gen.shards import iter_records, read_manifest
 
 
 @dataclass
-class _Reservoir:
-    """A bounded uniform sample of a stream, fed one item at a time."""
-
-    size: int = measures.SAMPLE
-    seen: int = 0
-    items: list[str] = field(default_factory=list)
-
-    def add(self, text: str, rng: Any) -> None:
-        self.seen += 1
-        if len(self.items) < self.size:
-            self.items.append(text)
-        elif (j := rng.randrange(self.seen)) < self.size:
-            self.items[j] = text
-
-
-@dataclass
 class KindDiversity:
     kind: str
     documents: int
@@ -74,8 +58,10 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
     reasons: Counter[str] = Counter()
     verified: Counter[str] = Counter()
     scores: Counter[int] = Counter()
-    by_kind: dict[str, _Reservoir] = defaultdict(lambda: _Reservoir(sample))
-    by_audience: dict[str, _Reservoir] = defaultdict(lambda: _Reservoir(sample))
+    by_kind: dict[str, measures.Reservoir[str]] = defaultdict(
+        lambda: measures.Reservoir(sample, rng))
+    by_audience: dict[str, measures.Reservoir[str]] = defaultdict(
+        lambda: measures.Reservoir(sample, rng))
     judge_by_kind: dict[str, Counter[int]] = defaultdict(Counter)
     tokens_by_kind: dict[str, Counter[int]] = defaultdict(Counter)
     examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -83,9 +69,9 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
         kind = str(r.get("kind") or "-")
         coverage[(_place(r), kind)]["kept"] += 1
         text = str(r.get("text", ""))
-        by_kind[kind].add(text, rng)
+        by_kind[kind].add(text)
         if r.get("audience"):
-            by_audience[str(r["audience"])].add(text, rng)
+            by_audience[str(r["audience"])].add(text)
         q = r.get("quality") or {}
         if q.get("exercises_total"):
             verified["verified" if q.get("verified") else "failed"] += 1
@@ -116,7 +102,7 @@ def _place(r: dict[str, Any]) -> str:
     return str(r.get("topic") or r.get("subject") or "-")
 
 
-def _diversity(kind: str, res: _Reservoir) -> KindDiversity:
+def _diversity(kind: str, res: measures.Reservoir[str]) -> KindDiversity:
     texts: Iterable[str] = res.items
     nd, sampled = measures.near_duplicates(texts)
     examples = [[sampled[i][:300] for i in cluster[:3]] for cluster in nd.clusters]
