@@ -27,11 +27,11 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from textbook_gen.curate.dedup import Deduplicator, ngram_hashes, word_hashes
+from textbook_gen.curate.filters import prose
 
 T = TypeVar("T")
 SAMPLE = 2_000  # texts held by the sampled measures
 READABILITY_SAMPLE = 300  # syllable counting is slow; a mean grade settles long before 2,000
-_FENCE = re.compile(r"^```.*?(?:^```|\Z)", re.M | re.S)
 _WORD = re.compile(r"[\w'-]+")
 
 
@@ -58,12 +58,6 @@ def reservoir(items: Iterable[T], size: int = SAMPLE, seed: int = 0) -> list[T]:
     for item in items:
         r.add(item)
     return r.items
-
-
-def prose(text: str) -> str:
-    """The text without fenced code and Markdown heading lines: what readers read as prose."""
-    lines = _FENCE.sub("", text).splitlines()
-    return "\n".join(x for x in lines if x.strip() and not x.lstrip().startswith("#"))
 
 
 # ----------------------------------------------------------------------------- openings

@@ -27,6 +27,19 @@ REFUSAL_PHRASES = (
 )
 _HEADING = re.compile(r"^#{1,6}[ \t]+[^\n]*\w", re.M)  # words on the heading's own line
 _FENCE = re.compile(r"^```.*?(?:^```|\Z)", re.M | re.S)  # a fenced code block
+
+
+def without_code(text: str) -> str:
+    """The text with its fenced code blocks removed."""
+    return _FENCE.sub("", text)
+
+
+def prose(text: str) -> str:
+    """The text without fenced code and Markdown heading lines: what readers read as prose."""
+    return "\n".join(x for x in without_code(text).splitlines()
+                     if x.strip() and not x.lstrip().startswith("#"))
+
+
 _FENCE_LINE = re.compile(r"^\s*```[\w+-]*\s*$")
 MIN_PROSE_WORDS = 40  # a chapter teaches in sentences, not only in headings and code
 
@@ -103,9 +116,7 @@ class StructureFilter(Filter):
         if kind == "chapter":
             if not _HEADING.search(text):
                 return False, "structure (chapter without a Markdown heading)"
-            prose = [ln for ln in _FENCE.sub("", text).splitlines()
-                     if ln.strip() and not ln.lstrip().startswith("#")]
-            if sum(len(ln.split()) for ln in prose) < MIN_PROSE_WORDS:
+            if len(prose(text).split()) < MIN_PROSE_WORDS:
                 return False, "structure (chapter of headings and code, under 40 words of prose)"
         if kind == "exercises":
             exercises = parse_exercises(text)
@@ -136,7 +147,7 @@ class RepetitionFilter(Filter):
             return False, f"repetition (duplicate paragraphs {_dup_fraction(paragraphs):.2f})"
         # the n-gram rules measure prose loops; code repeats its identifiers by nature
         # (assert f(1)..., assert f(2)...) and is covered by the line rule and by running it
-        words, lengths = words_with_lengths(_FENCE.sub("", text))
+        words, lengths = words_with_lengths(without_code(text))
         total_chars = int(lengths.sum()) or 1
         for n, limit in sorted(self.s.max_top_ngram_fraction.items()):
             share = _top_ngram_share(words, lengths, n, total_chars)
