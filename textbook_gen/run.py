@@ -22,7 +22,7 @@ from textbook_gen.generator import GenerationStats, Generator, WorkItem, drive
 from textbook_gen.ledger import Ledger
 from textbook_gen.progress import Progress
 from textbook_gen.prompts import PromptRenderer
-from textbook_gen.providers import Provider, provider_class
+from textbook_gen.providers import Provider, Request, provider_class
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore
 from textbook_gen.tokens import ModelPrice, estimate_input_tokens, price_for
@@ -151,6 +151,30 @@ class JudgePlan:
 
 
 PLAN_EXACT = 20_000  # jobs plan renders one by one; past this it estimates from a sample
+PLAN_SAMPLE = 2_000  # renders behind an estimate
+JUDGE_DOCUMENT_TOKENS = 3000  # about judge.MAX_EXTRACT_CHARS (12,000 characters) of text
+
+
+@dataclass
+class _Tally:
+    """What a plan adds up over rendered jobs (all of them, or a sample)."""
+
+    show: int
+    jobs: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    judged_tokens: int = 0  # document tokens the judge reads, at most
+    examples: list[tuple[Job, str]] = field(default_factory=list)
+
+    def add(self, job: Job, req: Request) -> None:
+        self.jobs += 1
+        self.by_kind[job.kind] = self.by_kind.get(job.kind, 0) + 1
+        self.input_tokens += estimate_input_tokens(req.messages)
+        self.output_tokens += job.max_tokens
+        self.judged_tokens += min(job.max_tokens, JUDGE_DOCUMENT_TOKENS)
+        if len(self.examples) < self.show:
+            self.examples.append((job, "\n\n".join(f"[{r}]\n{c}" for r, c in req.messages)))
 
 
 def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
@@ -161,33 +185,21 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
         return _plan_estimate(spec, renderer, limit, show, store_path)
     store = RunStore(store_path) if store_path.exists() else None
     identity = store.job_identity if store is not None else "names"
-    by_kind: dict[str, int] = {}
-    examples: list[tuple[Job, str]] = []
-    n = inp = out = stored = 0
+    t = _Tally(show)
+    stored = 0
     spent = store.totals()["cost_usd"] if store is not None else 0.0
-    judge_cap = 0  # document tokens the judge reads, at most (see judge.MAX_EXTRACT_CHARS)
     try:
         for job in jobs(spec, limit, identity):
             req = renderer.render(job)
-            n += 1
-            by_kind[job.kind] = by_kind.get(job.kind, 0) + 1
-            inp += estimate_input_tokens(req.messages)
-            out += job.max_tokens
-            judge_cap += min(job.max_tokens, JUDGE_DOCUMENT_TOKENS)
+            t.add(job, req)
             if store is not None:
                 hit = store.get_response(req.key)
                 stored += hit is not None and hit.status == "ok"
-            if len(examples) < show:
-                examples.append((job, "\n\n".join(f"[{r}]\n{c}" for r, c in req.messages)))
     finally:
         if store is not None:
             store.close()
-    return Plan(n, by_kind, inp, out, stored, spent, spec_price(spec), examples,
-                _judge_plan(spec, n, judge_cap))
-
-
-JUDGE_DOCUMENT_TOKENS = 3000  # about judge.MAX_EXTRACT_CHARS (12,000 characters) of text
-PLAN_SAMPLE = 2_000  # renders behind an estimate
+    return Plan(t.jobs, t.by_kind, t.input_tokens, t.output_tokens, stored, spent,
+                spec_price(spec), t.examples, _judge_plan(spec, t.jobs, t.judged_tokens))
 
 
 def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None, show: int,
@@ -200,30 +212,20 @@ def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None
     from textbook_gen.expand import job_at
 
     total = job_count(spec, limit)
-    pick = random.Random(0)
-    indexes = sorted(pick.sample(range(total), min(PLAN_SAMPLE, total)))
-    by_kind: dict[str, int] = {}
-    examples: list[tuple[Job, str]] = []
-    inp = out = judge_cap = 0
-    for i in indexes:
+    t = _Tally(show)
+    for i in sorted(random.Random(0).sample(range(total), min(PLAN_SAMPLE, total))):
         job = job_at(spec, i)
-        req = renderer.render(job)
-        by_kind[job.kind] = by_kind.get(job.kind, 0) + 1
-        inp += estimate_input_tokens(req.messages)
-        out += job.max_tokens
-        judge_cap += min(job.max_tokens, JUDGE_DOCUMENT_TOKENS)
-        if len(examples) < show:
-            examples.append((job, "\n\n".join(f"[{r}]\n{c}" for r, c in req.messages)))
-    scale = total / len(indexes)
+        t.add(job, renderer.render(job))
+    scale = total / t.jobs
     stored, spent = 0, 0.0
     if store_path.exists():
         with RunStore(store_path) as store:
             stored = min(total, store.answered_jobs())
             spent = store.totals()["cost_usd"]
-    kinds = {k: round(v * scale) for k, v in by_kind.items()}
-    return Plan(total, kinds, round(inp * scale), round(out * scale), stored, spent,
-                spec_price(spec), examples, _judge_plan(spec, total, round(judge_cap * scale)),
-                sampled=len(indexes))
+    kinds = {k: round(v * scale) for k, v in t.by_kind.items()}
+    return Plan(total, kinds, round(t.input_tokens * scale), round(t.output_tokens * scale),
+                stored, spent, spec_price(spec), t.examples,
+                _judge_plan(spec, total, round(t.judged_tokens * scale)), sampled=t.jobs)
 
 
 def _judge_plan(spec: Curriculum, documents: int, document_tokens: int) -> JudgePlan | None:
