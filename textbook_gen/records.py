@@ -57,6 +57,6 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: Promp
 def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
                  limit: int | None) -> Iterator[dict[str, Any]]:
     for job in jobs(spec, limit, store.job_identity):
-        resp = store.job_response(job.id)
-        if resp is not None and resp.status == "ok":
-            yield record_for(spec, job, resp, renderer, store.request_params(resp.key) or {})
+        found = store.job_answer(job.id)
+        if found is not None and found[0].status == "ok":
+            yield record_for(spec, job, found[0], renderer, found[1])

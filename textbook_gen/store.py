@@ -308,11 +308,6 @@ class RunStore:
         row = self.db.execute("SELECT body FROM requests WHERE key = ?", (key,)).fetchone()
         return Request.from_canonical(json.loads(row[0])) if row else None
 
-    def request_params(self, key: str) -> dict[str, Any] | None:
-        """The parameters of the request as it was sent."""
-        row = self.db.execute("SELECT body FROM requests WHERE key = ?", (key,)).fetchone()
-        return dict(json.loads(row[0])["params"]) if row else None
-
     def put_response(
         self, req: Request, resp: Response, *, cost_usd: float, attempts: int,
         batch_id: str | None = None, job_id: str | None = None,
@@ -355,12 +350,22 @@ class RunStore:
         return self._enqueue("link", (job_id, key, time.time()))
 
     def job_response(self, job_id: str) -> StoredResponse | None:
+        found = self.job_answer(job_id)
+        return found[0] if found else None
+
+    def job_answer(self, job_id: str) -> tuple[StoredResponse, dict[str, Any]] | None:
+        """A job's last response and the parameters of the request as it was sent, in one
+        query (records need both)."""
         row = self.db.execute(
-            f"SELECT {', '.join('r.' + c for c in StoredResponse.__dataclass_fields__)}"
-            " FROM jobs j JOIN responses r ON r.key = j.request_key WHERE j.job_id = ?",
+            f"SELECT {', '.join('r.' + c for c in StoredResponse.__dataclass_fields__)}, q.body"
+            " FROM jobs j JOIN responses r ON r.key = j.request_key"
+            " LEFT JOIN requests q ON q.key = j.request_key WHERE j.job_id = ?",
             (job_id,),
         ).fetchone()
-        return StoredResponse(*row) if row else None
+        if row is None:
+            return None
+        params = dict(json.loads(row[-1])["params"]) if row[-1] else {}
+        return StoredResponse(*row[:-1]), params
 
     def answered_jobs(self) -> int:
         """Jobs of any spec run in this store whose last request has an answer."""
