@@ -273,8 +273,8 @@ class BatchRunner:
                                    " cancelled); run again to submit it once more", attempts=n)
             self.stats.failed += 1
             self.stats.done += 1
-        self.store.commit()
         return again
+
     async def _recover(self) -> None:
         """A batch recorded but without a provider id may or may not have been submitted."""
         for b in self.store.batches(("preparing",)):
@@ -357,9 +357,7 @@ class BatchRunner:
                 continue
             seen.add(custom_id)
             if isinstance(outcome, ProviderError):
-                hold = self._holds.pop(custom_id, None)
-                if hold is not None:
-                    self.ledger.release(hold)
+                self._release(custom_id)
                 self.store.put_failure(req, kind=outcome.kind, error=str(outcome), attempts=1)
                 self.stats.failed += 1
             else:
@@ -378,8 +376,7 @@ class BatchRunner:
                 self.stats.cost_usd += cost
                 self.stats.truncated += outcome.finish_reason == "length"
             self.stats.done += 1
-        self.store.commit()
-        self.store.update_batch(b["id"], status="collected")
+        self.store.update_batch(b["id"], status="collected")  # commits the results with it
         missing = []
         for key in b["keys"]:
             if key in seen:
@@ -389,6 +386,12 @@ class BatchRunner:
                 missing.append(req)
         return missing
 
+    def _release(self, key: str) -> None:
+        """A request that will not be answered: lift its hold in the ledger."""
+        hold = self._holds.pop(key, None)
+        if hold is not None:
+            self.ledger.release(hold)
+
     def _fail_batch(self, b: dict[str, Any], requests: dict[str, Request],
                     state: RemoteState) -> None:
         """The provider rejected the whole batch (status ``failed``, e.g. a validation error):
@@ -396,15 +399,12 @@ class BatchRunner:
         detail = state.error or f"the provider marked batch {b['remote_id']} as failed"
         for key in b["keys"]:
             req = requests.get(key) or self.store.get_request(key)
-            hold = self._holds.pop(key, None)
-            if hold is not None:
-                self.ledger.release(hold)
+            self._release(key)
             if req is None:
                 continue
             self.store.put_failure(req, kind="batch_failed", error=detail, attempts=1)
             self.stats.failed += 1
             self.stats.done += 1
-        self.store.commit()
         self.store.update_batch(b["id"], status="failed", detail=json.dumps(
             {"status": state.status, "counts": state.counts, "error": detail}))
 
