@@ -299,6 +299,30 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
     return load_yaml_model(path, CurationSettings).resolve_paths(path.parent)
 
 
+def _tree(source: Path, dest: Path) -> list[tuple[Path, Path]]:
+    """(file, where it goes) for every file under ``source``."""
+    return [(f, dest / f.relative_to(source)) for f in sorted(source.rglob("*")) if f.is_file()]
+
+
+def _refuse_overwrite(targets: list[Path], force: bool, instead: str) -> None:
+    existing = [t for t in targets if t.exists()]
+    if existing and not force:
+        from textbook_gen.errors import ConfigError
+
+        shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise ConfigError(f"what would be written already exists ({shown}; {len(existing)}"
+                          f" file(s)); nothing was written. {instead}, or add --force to"
+                          " overwrite")
+
+
+def _copy(plan: list[tuple[Path, Path]]) -> None:
+    import shutil
+
+    for src, dest in plan:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+
+
 @app.command()
 def examples(
     copy_to: Annotated[Path | None, typer.Option(
@@ -309,9 +333,6 @@ def examples(
         "--force", help="With --copy: overwrite files that already exist in DIR.")] = False,
 ) -> None:
     """List the bundled example curricula, or copy them to start your own."""
-    import shutil
-
-    from textbook_gen.errors import ConfigError
     from textbook_gen.prompts import data_dir
 
     source = data_dir("curricula")
@@ -321,18 +342,9 @@ def examples(
             out.print(f"{path}  [dim]{escape(first)}[/]")
         out.print("[dim]copy them with: textbook-gen examples --copy DIR[/]")
         return
-    plan = [(f, copy_to / f.relative_to(source)) for f in sorted(source.rglob("*")) if f.is_file()]
-    prompts = data_dir("prompts")
-    plan += [(f, copy_to / "prompts" / f.relative_to(prompts))
-             for f in sorted(prompts.rglob("*")) if f.is_file()]
-    existing = [dest for _, dest in plan if dest.exists()]
-    if existing and not force:
-        shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
-        raise ConfigError(f"{len(existing)} file(s) already exist ({shown}); nothing was copied."
-                          " Copy into an empty folder, or add --force to overwrite them")
-    for src, dest in plan:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+    plan = [*_tree(source, copy_to), *_tree(data_dir("prompts"), copy_to / "prompts")]
+    _refuse_overwrite([dest for _, dest in plan], force, "Copy into an empty folder")
+    _copy(plan)
     out.print(f"copied {len(list(source.glob('*.yaml')))} curricula and the bundled prompts/ to"
               f" {copy_to} (a spec uses the prompts there with  templates: prompts)")
 
@@ -343,27 +355,19 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False,
 ) -> None:
     """Start a curriculum: a commented spec (every key, its default and meaning) and templates."""
-    import shutil
-
-    from textbook_gen.errors import ConfigError
     from textbook_gen.prompts import data_dir
     from textbook_gen.spec import slugify
 
     folder = Path(name)
     slug = slugify(folder.name)
     spec = folder / f"{slug}.yaml"
-    plan = [(data_dir("prompts"), folder / "templates"),
-            (data_dir("curricula") / "templates-small", folder / "templates-small")]
-    targets = [spec] + [d / f.relative_to(s) for s, d in plan for f in s.rglob("*") if f.is_file()]
-    existing = [t for t in targets if t.exists()]
-    if existing and not force:
-        raise ConfigError(f"{existing[0]} already exists; nothing was written. Choose another"
-                          " name, or add --force to overwrite")
+    plan = [*_tree(data_dir("prompts"), folder / "templates"),
+            *_tree(data_dir("curricula") / "templates-small", folder / "templates-small")]
+    _refuse_overwrite([spec, *(dest for _, dest in plan)], force, "Choose another name")
     folder.mkdir(parents=True, exist_ok=True)
     text = (data_dir("scaffold") / "spec.yaml").read_text("utf-8").replace("{{ name }}", slug)
     spec.write_text(text, encoding="utf-8")
-    for source, dest in plan:
-        shutil.copytree(source, dest, dirs_exist_ok=True)
+    _copy(plan)
     out.print(f"wrote {spec} (every key, with its default and meaning), {folder}/templates/ (for"
               f" strong models) and {folder}/templates-small/ (for the bundled model)\n"
               f"next: textbook-gen validate {spec}  ·  textbook-gen plan {spec}  ·"
