@@ -224,19 +224,10 @@ def slugify(text: str) -> str:
 def load_curriculum(path: str | Path) -> Curriculum:
     """Read and validate a spec; raise ``SpecError`` listing every problem with its line."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise SpecError([f"{path}: cannot read: {e.strerror or e}"]) from None
-    data, lines, problems = _parse_yaml(path, raw)
-    if problems:
-        raise SpecError(problems)
+    data, lines, raw = _read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError([f"{path}:1: the file must be a mapping of keys (name:, subjects:, ...)"])
-    try:
-        spec = Curriculum.model_validate(data)
-    except ValidationError as e:
-        raise SpecError(_format_errors(path, e, lines)) from None
+    spec: Curriculum = _validate(path, data, lines, Curriculum)
     spec._source = path.resolve()
     spec._sha256 = hashlib.sha256(raw).hexdigest()
     spec._lines = lines
@@ -308,23 +299,34 @@ class _YamlLimit(Exception):
 def load_yaml_model(path: Path, model: Any = None) -> Any:
     """Read a YAML file into ``model`` (a pydantic class), or return the data when None;
     raise ``SpecError`` with every problem as ``file:line: key: what is wrong``."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise SpecError([f"{path}: cannot read: {e.strerror or e}"]) from None
-    data, lines, problems = _parse_yaml(Path(path), raw)
-    if problems:
-        raise SpecError(problems)
+    data, lines, _ = _read_yaml(Path(path))
     if model is None:
         return data
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SpecError([f"{path}:1: the file must be a mapping of keys"])
+    return _validate(Path(path), data, lines, model)
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int], bytes]:
+    """The file's data, the line of every key path, and its bytes; problems raise."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    data, lines, problems = _parse_yaml(path, raw)
+    if problems:
+        raise SpecError(problems)
+    return data, lines, raw
+
+
+def _validate(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...], int],
+              model: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise SpecError(_format_errors(Path(path), e, lines, model)) from None
+        raise SpecError(_format_errors(path, e, lines, model)) from None
 
 
 def _parse_yaml(
