@@ -66,22 +66,22 @@ class PromptRenderer:
 
         self.answer_start_ok = provider_class(self.provider).supports_answer_start
 
-    def check(self, *, render: bool = True, max_renders: int = CHECK_RENDERS) -> list[str]:
+    def check(self) -> list[str]:
         """Load every template the spec names and render it for every distinct combination of
         the variables it sees (document, place, audience, style; a seeded sample of
-        ``max_renders`` when there are more); return problems instead of raising."""
+        CHECK_RENDERS when there are more); return problems instead of raising."""
         problems = []
         for i, doc in enumerate(self.spec.documents):
             try:
                 self.template(doc.template)
             except TemplateProblem as e:
                 problems.append(f"{self.spec.where('documents', i, 'template')}: {e}")
-        if problems or not render:
+        if problems:
             return problems
         from textbook_gen.expand import distinct_job_count, distinct_jobs
 
         total = distinct_job_count(self.spec)
-        keep = 1.0 if total <= max_renders else max_renders / total
+        keep = 1.0 if total <= CHECK_RENDERS else CHECK_RENDERS / total
         pick = random.Random(0)
         seen: set[str] = set()
         for job in distinct_jobs(self.spec):
