@@ -72,6 +72,10 @@ def explain_sqlite(path: Path, e: sqlite3.Error, *, busy_timeout: float) -> str:
     return f"{path}: {text}"
 
 
+def _request_op(req: Request, now: float) -> Op:
+    return ("request", (req.key, req.canonical_json(), now))
+
+
 class _Writer(threading.Thread):
     """Commits queued operations in groups; resolves each operation's future once durable."""
 
@@ -302,7 +306,7 @@ class RunStore:
 
     # -- requests and responses
     def put_request(self, req: Request) -> concurrent.futures.Future[None]:
-        return self._enqueue("request", (req.key, req.canonical_json(), time.time()))
+        return self._enqueue_all([_request_op(req, time.time())])
 
     def get_request(self, key: str) -> Request | None:
         row = self.db.execute("SELECT body FROM requests WHERE key = ?", (key,)).fetchone()
@@ -315,7 +319,7 @@ class RunStore:
         """Store an answer (and link ``job_id`` to it): one future for all of it."""
         now = time.time()
         ops: list[Op] = [
-            ("request", (req.key, req.canonical_json(), now)),
+            _request_op(req, now),
             ("response", (req.key, resp.text, resp.finish_reason, resp.input_tokens,
                           resp.output_tokens, cost_usd, req.provider, resp.model,
                           resp.response_id, resp.latency_s, attempts, batch_id, now)),
@@ -329,7 +333,7 @@ class RunStore:
         """Record that a request ended without a usable answer; a later run tries it again."""
         now = time.time()
         ops: list[Op] = [
-            ("request", (req.key, req.canonical_json(), now)),
+            _request_op(req, now),
             ("failure", (req.key, req.provider, attempts, kind, error[:2000], now)),
         ]
         if job_id is not None:
