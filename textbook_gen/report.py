@@ -57,13 +57,11 @@ def _figure(fig: Any, div_id: str) -> str:
 
 
 def _header(run_dir: Path, s: CorpusStats) -> str:
-    kept = sum(c["kept"] for c in s.coverage.values())
-    rejected = sum(c["rejected"] for c in s.coverage.values())
     failed = (s.manifest.get("counts") or {}).get("failed", 0)
     return (f"<h1>{html.escape(str(s.manifest.get('name') or run_dir.name))}</h1>"
             f"<p class='muted'>{html.escape(str(run_dir))} · report of"
             f" {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC</p>"
-            f"<p><b>{kept:,} kept</b>, {rejected:,} rejected, {failed:,} failed jobs.</p>")
+            f"<p><b>{s.kept:,} kept</b>, {s.rejected:,} rejected, {failed:,} failed jobs.</p>")
 
 
 def _coverage(s: CorpusStats) -> str:

@@ -44,6 +44,15 @@ class CorpusStats:
     tokens_by_kind: dict[str, Counter[int]] = field(default_factory=dict)  # 50-token bins
     reason_examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # 2 each
 
+    @property
+    def kept(self) -> int:
+        return sum(c["kept"] for c in self.coverage.values())
+
+    @property
+    def rejected(self) -> int:
+        return sum(c["rejected"] for c in self.coverage.values())
+
+
 TOKEN_BIN = 50
 EXAMPLES = 2
 
@@ -116,9 +125,7 @@ def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
 
     m = s.manifest
     counts = m.get("counts") or {}
-    kept = sum(c["kept"] for c in s.coverage.values())
-    rejected = sum(c["rejected"] for c in s.coverage.values())
-    console.print(f"[bold]{run_dir}[/]: {kept:,} kept, {rejected:,} rejected"
+    console.print(f"[bold]{run_dir}[/]: {s.kept:,} kept, {s.rejected:,} rejected"
                   + (f", {counts['failed']:,} failed jobs" if counts.get("failed") else ""))
 
     kinds = sorted({k for _, k in s.coverage})
