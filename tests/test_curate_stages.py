@@ -37,7 +37,8 @@ def test_without_judge_scores_the_longest_of_a_cluster_is_kept(tmp_path):
     assert set(kept) == {"d0", "d2"}
     assert kept["d2"]["quality"]["dup_cluster"] == "d2~3"
     assert kept["d0"]["quality"]["dup_cluster"] is None
-    assert rejects["d1"] == {"stage": "dedup", "reason": "near_duplicate of d2", "detail": ""}
+    assert rejects["d1"] == {"stage": "dedup", "reason": "near_duplicate of d2", "detail": "",
+                            "chosen": None}
     assert rejects["d3"]["reason"] == "near_duplicate of d2"
 
 

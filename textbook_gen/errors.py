@@ -4,6 +4,7 @@
     ├── SpecError                    a curriculum file is invalid (exit 2); carries every problem
     ├── TemplateProblem              a prompt template failed to load or render (exit 2)
     ├── ConfigError                  missing API key, missing optional package, bad option (exit 2)
+    │   └── JudgeUnusable            the judge model's answers carry no score (exit 2)
     ├── InputError                   an input file is unreadable or malformed (exit 2)
     ├── ProviderError                an API call failed; ``retryable`` says whether trying again can help
     │   └── FatalProviderError       auth / unknown model / bad request: stop the whole run (exit 3)
@@ -39,6 +40,10 @@ class TemplateProblem(TextbookGenError):
 
 class ConfigError(TextbookGenError):
     exit_code = 2
+
+
+class JudgeUnusable(ConfigError):
+    """The judge model's answers carry no score: it cannot judge (exit 2, nothing lost)."""
 
 
 class InputError(TextbookGenError):

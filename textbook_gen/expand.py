@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from itertools import islice
+from typing import Any
 
 from textbook_gen.spec import Curriculum, DocumentSpec, Subject, Topic, slugify
 
@@ -42,6 +43,24 @@ class Job:
     seed_words: tuple[str, ...]
     max_tokens: int
     temperature: float
+    cell: str  # the id of the job's cell: kind and coordinates, without the sample
+    sample_id: str  # the id of the sample it answers (candidate 0's id)
+    candidate: int = 0  # best-of-n: which answer to the sample's prompt (0: the sample's own id)
+    revision: int = 0  # self-revision round (the job's template is then the revise template)
+
+
+def candidate_job(job: Job, k: int) -> Job:
+    """Answer ``k`` of best-of-n to the same prompt: the same seed words, another seed."""
+    if k == 0:
+        return job
+    return replace(job, id=f"{job.sample_id}/c{k}", seed=job_seed(job.seed, f"c{k}"),
+                   candidate=k)
+
+
+def revision_job(job: Job, round_: int, template: str) -> Job:
+    """Revision ``round_`` of a sample (job: the sample's own job)."""
+    return replace(job, id=f"{job.sample_id}/r{round_}", seed=job_seed(job.seed, f"r{round_}"),
+                   template=template, revision=round_)
 
 
 @cache
@@ -51,6 +70,8 @@ def _word_list() -> tuple[str, ...]:
 
 
 def job_seed(curriculum_seed: int, job_id: str) -> int:
+    """A seed from a parent seed and a name (the curriculum's seed and a job id, or a job's
+    seed and a candidate or revision)."""
     digest = hashlib.sha256(f"{curriculum_seed}:{job_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
@@ -88,11 +109,12 @@ class _Place:
     topic: Topic | None
     audiences: Axis
     styles: Axis
-    samples: int
+    samples: int  # first pass, per cell
+    weight: int
 
     @property
     def size(self) -> int:
-        return len(self.audiences) * len(self.styles) * self.samples
+        return len(self.audiences) * len(self.styles) * self.samples * self.doc.candidates
 
 
 def _places(spec: Curriculum) -> Iterator[_Place]:
@@ -104,8 +126,9 @@ def _places(spec: Curriculum) -> Iterator[_Place]:
         for subject in spec.subjects:
             topics: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
             for topic in topics:
-                samples = doc.samples * (topic.weight if topic else 1)
-                yield _Place(doc, subject, topic, audiences, styles, samples)
+                weight = topic.weight if topic else 1
+                yield _Place(doc, subject, topic, audiences, styles,
+                             doc.first_samples * weight, weight)
 
 
 def _expand_place(spec: Curriculum, p: _Place, identity: str) -> Iterator[Job]:
@@ -113,8 +136,49 @@ def _expand_place(spec: Curriculum, p: _Place, identity: str) -> Iterator[Job]:
     for ai, audience in p.audiences:
         for si, style in p.styles:
             for n in range(p.samples):
-                yield _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n,
+                job = _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n,
                                 identity)
+                for k in range(p.doc.candidates):
+                    yield candidate_job(job, k)
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One cell of one document kind (its coordinates without the sample): the unit the
+    closed loop fills to ``target`` kept documents, sending at most ``cap`` samples."""
+
+    key: str  # == Job.cell of its jobs
+    kind: str
+    first: int  # samples the first pass sends
+    cap: int  # samples it may send at most
+    target: int | None  # kept documents wanted (None: no quota)
+    candidates: int
+    _make: tuple[Any, ...]
+
+    def job(self, n: int) -> Job:
+        """Sample ``n`` of the cell (candidate 0)."""
+        spec, doc, subject, topic, ai, audience, si, style, identity = self._make
+        return _make_job(spec, doc, subject, topic, ai, audience, si, style, n, identity)
+
+
+def cells(spec: Curriculum, limit: int | None = None, identity: str = "names") -> Iterator[Cell]:
+    """Every cell in expansion order; with ``limit``, those the first ``limit`` jobs reach
+    (rounded up to whole samples: a sample's candidates go together)."""
+    left = limit
+    for p in _places(spec):
+        for ai, audience in p.audiences:
+            for si, style in p.styles:
+                if left is not None and left <= 0:
+                    return
+                make = (spec, p.doc, p.subject, p.topic, ai, audience, si, style, identity)
+                first = p.samples if left is None else min(p.samples,
+                                                           -(-left // p.doc.candidates))
+                cell = Cell("", p.doc.kind, first, p.doc.sample_cap * p.weight,
+                            p.doc.target_kept * p.weight if p.doc.target_kept else None,
+                            p.doc.candidates, make)
+                yield replace(cell, key=cell.job(0).cell)
+                if left is not None:
+                    left -= first * p.doc.candidates
 
 
 def job_at(spec: Curriculum, index: int, identity: str = "names") -> Job:
@@ -124,10 +188,13 @@ def job_at(spec: Curriculum, index: int, identity: str = "names") -> Job:
         if index >= p.size:
             index -= p.size
             continue
-        a, rest = divmod(index, len(p.styles) * p.samples)
-        st, n = divmod(rest, p.samples)
+        c = p.doc.candidates
+        a, rest = divmod(index, len(p.styles) * p.samples * c)
+        st, rest = divmod(rest, p.samples * c)
+        n, k = divmod(rest, c)
         (ai, audience), (si, style) = p.audiences[a], p.styles[st]
-        return _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n, identity)
+        job = _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n, identity)
+        return candidate_job(job, k)
     raise IndexError(index)
 
 
@@ -152,17 +219,17 @@ def distinct_job_count(spec: Curriculum) -> int:
 
 def _job_name(spec: Curriculum, place: str, doc: DocumentSpec, ai: int | None,
               audience: str | None, si: int | None, style: str | None, n: int,
-              identity: str) -> tuple[str, int]:
-    """The job's id and seed."""
+              identity: str) -> tuple[str, int, str]:
+    """The job's id, seed and cell."""
     if identity == "positions":  # stores made before ids came from names
         coords = [f"a{ai}" if ai is not None else "", f"s{si}" if si is not None else "", f"n{n}"]
         job_id = f"{spec.name}/{place}/{doc.kind}/" + "-".join(c for c in coords if c)
-        return job_id, job_seed(spec.seed, job_id)
+        return job_id, job_seed(spec.seed, job_id), job_id.rsplit("n", 1)[0].rstrip("-")
     # kind first: within one kind every id has the same shape, so no two can collide
     parts = [doc.kind, place]
     parts += [slugify(x) for x in (audience, style) if x is not None]
     local = "/".join([*parts, f"n{n}"])
-    return f"{spec.name}/{local}", job_seed(spec.seed, local)
+    return f"{spec.name}/{local}", job_seed(spec.seed, local), f"{spec.name}/" + "/".join(parts)
 
 
 def _make_job(
@@ -178,7 +245,7 @@ def _make_job(
     identity: str = "names",
 ) -> Job:
     place = slugify(subject.name) + (f"/{slugify(topic.name)}" if topic else "")
-    job_id, seed = _job_name(spec, place, doc, ai, audience, si, style, n, identity)
+    job_id, seed, cell = _job_name(spec, place, doc, ai, audience, si, style, n, identity)
     rng = random.Random(seed)
     # Axes the entry does not multiply over are still varied, picked by the job's seed.
     if audience is None:
@@ -201,4 +268,6 @@ def _make_job(
         seed_words=words,
         max_tokens=doc.max_tokens or spec.model.max_tokens,
         temperature=doc.temperature if doc.temperature is not None else spec.model.temperature,
+        cell=cell,
+        sample_id=job_id,
     )

@@ -49,6 +49,14 @@ class GenerationStats:
     started: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None  # None | interrupted | budget | fatal
 
+    def add(self, other: GenerationStats) -> None:
+        """Add the counters of another generator's run (one round of the loop) to these."""
+        for name in ("total", "done", "cached", "sent", "succeeded", "failed", "truncated",
+                     "refused", "retries", "input_tokens", "output_tokens", "cost_usd"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cost_known = self.cost_known and other.cost_known
+        self.stop_reason = other.stop_reason or self.stop_reason
+
     @property
     def projected_cost(self) -> float | None:
         """Spend so far scaled to the jobs still to send (cached ones cost nothing)."""

@@ -96,7 +96,9 @@ class Ledger:
         s.cost_known = s.cost_known and price is not None
         return cost
 
-    def exceeded(self, done: int, total: int) -> BudgetExceeded:
+    def exceeded(self, done: int, total: int, written: Any = None) -> BudgetExceeded:
+        """The error a run stops with; ``written``: the run directory whose outputs were
+        written from what is stored before it stopped."""
         caps = []
         if self.max_cost_usd is not None:
             caps.append(f"--max-cost {self.max_cost_usd}")
@@ -106,8 +108,9 @@ class Ledger:
         return BudgetExceeded(
             f"budget reached ({' / '.join(caps)}): spent ${self.spent_usd:.4f} this run"
             f"{f' ({by_stage})' if by_stage else ''}, {self.tokens:,} tokens; {done}/{total}"
-            " jobs done. Everything received is stored; raise the cap and run the same command"
-            " again to continue."
+            " jobs done. Everything received is stored"
+            f"{f' and the outputs in {written} are written from it' if written else ''};"
+            " raise the cap and run the same command again to continue."
         )
 
     def to_manifest(self) -> dict[str, Any]:

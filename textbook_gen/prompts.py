@@ -132,7 +132,9 @@ class PromptRenderer:
             "subjects": [x.name for x in s.subjects],
         }
 
-    def render_prompt(self, job: Job) -> RenderedPrompt:
+    def render_prompt(self, job: Job, extra: dict[str, Any] | None = None) -> RenderedPrompt:
+        """``extra``: variables only some templates see (the revise template's draft,
+        critique, score and below)."""
         tmpl = self.template(job.template)
         context = {
             **self.spec.variables,
@@ -147,6 +149,7 @@ class PromptRenderer:
             "sample": job.sample,
             "seed_words": list(job.seed_words),
             "job_id": job.id,
+            **(extra or {}),
         }
         try:
             module = tmpl.make_module(context)
@@ -170,8 +173,8 @@ class PromptRenderer:
                 " provider cannot continue (local and anthropic can); remove it for this model")
         return RenderedPrompt(system or None, user, start or None)
 
-    def render(self, job: Job) -> Request:
-        prompt = self.render_prompt(job)
+    def render(self, job: Job, extra: dict[str, Any] | None = None) -> Request:
+        prompt = self.render_prompt(job, extra)
         messages = [("system", prompt.system)] if prompt.system else []
         messages.append(("user", prompt.user))
         if prompt.answer_start:

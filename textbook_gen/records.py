@@ -7,22 +7,32 @@ same store always gives the same records, and shards can be re-made without a re
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 from textbook_gen import __version__
-from textbook_gen.expand import Job, jobs
+from textbook_gen.expand import Job
 from textbook_gen.prompts import PromptRenderer
 from textbook_gen.spec import Curriculum
-from textbook_gen.store import RunStore, StoredResponse
+from textbook_gen.store import StoredResponse
 
 PARAMS = ("temperature", "max_tokens", "top_p", "truncation_retry")
 
 
+LOOP_FIELDS = ("sample", "n", "cell", "target", "candidate", "revision", "revision_of",
+               "critique", "draft_score", "task_sha256")
+
+
 def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: PromptRenderer,
-               params: dict[str, Any]) -> dict[str, Any]:
-    """``params``: those of the request as it was sent (after a truncation retry, its own)."""
+               params: dict[str, Any], loop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``params``: those of the request as it was sent (after a truncation retry, its own).
+    ``loop``: where the record stands in the closed loop (``LOOP_FIELDS``): its sample and
+    cell, which candidate or revision it is, what it revised and the critique it answered, and
+    the key of the sample's own prompt (the ``prompt`` of a preference pair)."""
     params = {k: params.get(k) for k in PARAMS}  # one set of keys: one schema for every shard
+    chain = {k: (loop or {}).get(k) for k in LOOP_FIELDS}
+    chain.update(sample=job.sample_id, n=job.sample, cell=job.cell, candidate=job.candidate,
+                 revision=job.revision)
+    chain["task_sha256"] = chain["task_sha256"] or resp.key
     return {
         "id": job.id,
         "text": resp.text or "",
@@ -49,14 +59,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: Promp
             "batch_id": resp.batch_id,
             "created_at": dt.datetime.fromtimestamp(resp.created_at, dt.UTC).isoformat(),
             "tool": f"textbook-gen {__version__}",
+            "loop": chain,
         },
         "quality": {},  # filled by curation (curate.pipeline.QUALITY_FIELDS)
     }
-
-
-def iter_records(spec: Curriculum, renderer: PromptRenderer, store: RunStore,
-                 limit: int | None) -> Iterator[dict[str, Any]]:
-    for job in jobs(spec, limit, store.job_identity):
-        found = store.job_answer(job.id)
-        if found is not None and found[0].status == "ok":
-            yield record_for(spec, job, found[0], renderer, found[1])

@@ -8,7 +8,7 @@ stage of a run (generation, batch, judge) reserves and accounts in the run's one
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from textbook_gen.checks import spec_problems
-from textbook_gen.errors import CollapseStopped, ConfigError, Interrupted, SpecError
+from textbook_gen.errors import (
+    BudgetExceeded,
+    CollapseStopped,
+    ConfigError,
+    Interrupted,
+    SpecError,
+)
 from textbook_gen.expand import Job, count_jobs, jobs
 from textbook_gen.generator import GenerationStats, Generator, WorkItem, drive
 from textbook_gen.ledger import Ledger
@@ -321,18 +327,19 @@ def _check_run_dir(out_dir: Path) -> None:
 
 def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: bool,
                    retry_base_delay: float, rate_window: float, poll_interval: float,
-                   on_alarm: Callable[[Alarm], None] | None = None) -> Generator:
+                   on_alarm: Callable[[Alarm], None] | None = None,
+                   stage: str = "generate") -> Generator:
     if batch:
         from textbook_gen.batch import BatchRunner, backend_for
 
         return BatchRunner(backend_for(make_providers(spec)[0]), store, spec_price(spec),
-                           ledger=ledger, poll_interval=poll_interval)
+                           ledger=ledger, poll_interval=poll_interval, stage=stage)
     from textbook_gen.engine import Engine
 
-    watch = Watch(spec.watch) if spec.watch.enabled else None
+    watch = Watch(spec.watch) if spec.watch.enabled and stage == "generate" else None
     return Engine(make_providers(spec), store, spec.engine, spec_price(spec), ledger=ledger,
                   retry_base_delay=retry_base_delay, rate_window=rate_window, watch=watch,
-                  on_alarm=on_alarm)
+                  on_alarm=on_alarm, stage=stage)
 
 
 def run_curriculum(
@@ -346,9 +353,13 @@ def run_curriculum(
     batch: bool = False,
     poll_interval: float = 30.0,
 ) -> RunResult:
-    """Generate what is not stored, then curate and write outputs. Jobs that failed are in
-    ``RunResult.failed`` (the CLI exits 5 for them); errors that are not a job's own raise."""
-    from textbook_gen.outputs import write_outputs
+    """Generate what is not stored, curate, and go round the closed loop (``loop.py``) until
+    nothing is left to send; then write the outputs. Jobs that failed are in
+    ``RunResult.failed`` (the CLI exits 5 for them); errors that are not a job's own raise.
+    When the budget runs out the outputs are written from what is stored, then
+    ``BudgetExceeded`` is raised."""
+    from textbook_gen.loop import Loop
+    from textbook_gen.outputs import commit_outputs, curate_stored
 
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
@@ -371,35 +382,87 @@ def run_curriculum(
             with open(out_dir / "run.log", "a", encoding="utf-8") as log:
                 log.write(f"{dt.datetime.now(dt.UTC).isoformat()} {alarm.message()}\n")
 
-        generator = make_generator(spec, store, ledger, batch=batch,
-                                   retry_base_delay=retry_base_delay, rate_window=rate_window,
-                                   poll_interval=poll_interval, on_alarm=on_alarm)
-        total = job_count(spec, limit)
-        identity = store.job_identity
-        items = (WorkItem(j.id, renderer.render(j), j.kind, _cell(j))
-                 for j in jobs(spec, limit, identity))
+        def generate(items: Iterator[WorkItem], count: int, label: str,
+                     stage: str) -> GenerationStats:
+            generator = make_generator(spec, store, ledger, batch=batch,
+                                       retry_base_delay=retry_base_delay,
+                                       rate_window=rate_window, poll_interval=poll_interval,
+                                       on_alarm=on_alarm, stage=stage)
+            return drive(generator, items, count, progress, label)
+
+        loop = Loop(spec, renderer, store, limit)
         run_id = store.start_run()
-        s = drive(generator, items, total, progress)
-        store.finish_run(run_id, s.stop_reason or "complete", sent=s.sent, cached=s.cached,
-                         failed=s.failed, cost_usd=ledger.spent_usd)
-        if s.stop_reason == "budget":
-            raise ledger.exceeded(s.done, s.total)
-        if s.stop_reason == "collapse":
-            raise CollapseStopped(
-                f"{alarms[-1].message()}. Stopped (--stop-on-collapse): every answer received is"
-                f" stored and {out_dir / 'run.log'} has the warnings. Change the templates or"
-                " axes, then run again (only changed prompts are re-sent), or run without"
-                " --stop-on-collapse to continue as it is")
-        if s.stop_reason == "interrupted":
-            raise Interrupted(
-                f"stopped: {s.done}/{s.total} jobs done, every answer received is stored in"
-                f" {store.path}. Run the same command again to continue where it stopped."
-            )
-        failed = job_failures(spec, store, limit)
-        manifest, kept, rejected = write_outputs(spec, renderer, store, out_dir, jobs=total,
-                                                 failed=len(failed), ledger=ledger,
-                                                 progress=progress)
-    return RunResult(out_dir, s, kept, rejected, failed, manifest, ledger)
+        total = GenerationStats()
+        stop: str | None = None
+        final = None
+        while final is None:
+            samples, n_samples, revisions, n_revisions = loop.work()
+            rnd = loop.round.number
+            for items, count, label, stage in (
+                    (samples, n_samples, "generate" if rnd == 1 else f"generate · round {rnd}",
+                     "generate"),
+                    (revisions, n_revisions, f"revise · round {rnd}", "revise")):
+                if count == 0:
+                    continue
+                s = generate(items, count, label, stage)
+                total.add(s)
+                if s.stop_reason is not None:
+                    stop = s.stop_reason
+                    break
+            if stop is not None and stop != "budget":
+                store.finish_run(run_id, stop, sent=total.sent, cached=total.cached,
+                                 failed=total.failed, cost_usd=ledger.spent_usd)
+                _raise_stopped(stop, alarms, out_dir, store, total)
+            if stop == "budget":
+                break
+            try:
+                build, result = curate_stored(spec, store, out_dir, loop.records(),
+                                              ledger=ledger, progress=progress,
+                                              loop=loop.curation())
+            except BudgetExceeded:
+                stop = "budget"
+                break
+            if loop.advance(result).empty:
+                final = build, result
+            else:
+                build.sweep()  # this round's build: the next round curates again
+                progress.message(f"round {rnd}: {_round_line(loop, result)}")
+        if final is None:  # the budget ran out: curate what is stored, paying nothing more
+            final = curate_stored(spec, store, out_dir, loop.records(), ledger=ledger,
+                                  progress=progress, loop=loop.curation(), pay=False)
+        build, result = final
+        failed = loop.job_failures()
+        store.finish_run(run_id, stop or "complete", sent=total.sent, cached=total.cached,
+                         failed=total.failed, cost_usd=ledger.spent_usd)
+        manifest = commit_outputs(spec, renderer, store, build, result, jobs=total.total,
+                                  failed=len(failed), ledger=ledger,
+                                  coverage=loop.coverage(result, stop))
+        if stop == "budget":
+            raise ledger.exceeded(total.done, total.total, written=out_dir)
+    kept = sum(x.records for x in result.shards)
+    rejected = sum(x.records for x in result.rejects)
+    return RunResult(out_dir, total, kept, rejected, failed, manifest, ledger)
+
+
+def _round_line(loop: Any, result: Any) -> str:
+    r = loop.round
+    samples = sum((b - a) * c.candidates for c, a, b in r.samples)
+    kept = sum(x.records for x in result.shards)
+    return (f"{kept:,} kept so far; next: {samples:,} new answer(s) for cells under target,"
+            f" {len(r.revisions):,} revision(s)")
+
+
+def _raise_stopped(stop: str, alarms: list[Alarm], out_dir: Path, store: RunStore,
+                   s: GenerationStats) -> None:
+    if stop == "collapse":
+        raise CollapseStopped(
+            f"{alarms[-1].message()}. Stopped (--stop-on-collapse): every answer received is"
+            f" stored and {out_dir / 'run.log'} has the warnings. Change the templates or"
+            " axes, then run again (only changed prompts are re-sent), or run without"
+            " --stop-on-collapse to continue as it is")
+    raise Interrupted(
+        f"stopped: {s.done}/{s.total} jobs done, every answer received is stored in"
+        f" {store.path}. Run the same command again to continue where it stopped.")
 
 
 def _cell(job: Job) -> str:
@@ -408,12 +471,8 @@ def _cell(job: Job) -> str:
 
 def job_failures(spec: Curriculum, store: RunStore,
                  limit: int | None) -> list[tuple[str, str, str]]:
-    """(job id, kind, reason) of every job of the spec that did not end with an answer."""
-    failed = []
-    for job in jobs(spec, limit, store.job_identity):
-        resp = store.job_response(job.id)
-        if resp is None:
-            failed.append((job.id, "no_answer", "no request of this job reached an end state"))
-        elif resp.status != "ok":
-            failed.append((job.id, resp.error_kind or "error", resp.error or ""))
-    return failed
+    """(job id, kind, reason) of every job of the spec (the loop's rounds replayed from the
+    store) that did not end with an answer."""
+    from textbook_gen.loop import Loop
+
+    return Loop(spec, PromptRenderer(spec), store, limit).job_failures()

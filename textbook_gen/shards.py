@@ -137,6 +137,9 @@ KNOWN_TYPES = {
     "provenance.params.top_p": "float64", "provenance.params.truncation_retry": "int64",
     "provenance.seed": "int64", "provenance.cost_usd": "float64",
     "provenance.usage.input": "int64", "provenance.usage.output": "int64",
+    "provenance.loop.n": "int64", "provenance.loop.target": "int64",
+    "provenance.loop.candidate": "int64", "provenance.loop.revision": "int64",
+    "provenance.loop.draft_score": "float64", "rejected.chosen": "string",
 }
 
 

@@ -93,6 +93,39 @@ class DocumentSpec(_Strict):
     samples: int = Field(1, ge=1, le=100_000)
     max_tokens: int | None = Field(None, ge=1, le=200_000)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    target_kept: int | None = Field(None, ge=1, le=100_000, description="kept documents "
+                                    "wanted per cell: cells under it get new samples")
+    max_samples: int | None = Field(None, ge=1, le=100_000, description="samples a cell may "
+                                    "send at most (default: 3 x target_kept)")
+    candidates: int = Field(1, ge=1, le=16, description="answers per sample; the judge, then "
+                            "verification, then diversity pick one (best-of-n)")
+
+    @model_validator(mode="after")
+    def _loop_settings(self) -> DocumentSpec:
+        if self.target_kept is None:
+            if self.max_samples is not None:
+                raise ValueError("max_samples caps the samples target_kept asks for; set"
+                                 " target_kept too, or use samples for a fixed number")
+            return self
+        if "samples" in self.model_fields_set:
+            raise ValueError("give samples (a fixed number to send) or target_kept (documents"
+                             " to keep; the loop sends what it needs), not both")
+        if self.max_samples is not None and self.max_samples < self.target_kept:
+            raise ValueError(f"max_samples ({self.max_samples}) is under target_kept"
+                             f" ({self.target_kept}); the target could never be reached")
+        return self
+
+    @property
+    def first_samples(self) -> int:
+        """Samples per cell the first pass sends (per unit of topic weight)."""
+        return self.target_kept or self.samples
+
+    @property
+    def sample_cap(self) -> int:
+        """Samples per cell the loop may send at most (per unit of topic weight)."""
+        if self.target_kept is None:
+            return self.samples
+        return self.max_samples or 3 * self.target_kept
 
     @field_validator("per")
     @classmethod
@@ -170,10 +203,15 @@ class Curriculum(_Strict):
                 if prev != v or values.count(v) > 1:
                     problems.append(f"{axis}: {v!r} collides with {prev!r} (job ids are made"
                                     " from these names); make them differ")
+        judge = self.curation.enabled and self.curation.judge.enabled
+        if self.curation.revise is not None and not judge:
+            problems.append("curation.revise: revision sends back drafts the judge scored low"
+                            " with its critique; turn the judge on (curation.judge.enabled:"
+                            " true) or remove revise")
         kinds = [d.kind for d in self.documents]
         if len(set(kinds)) != len(kinds):
             problems.append("documents: each entry needs its own 'kind'")
-        total = self.job_count()
+        total = self.job_count(most=True)
         if total > MAX_JOBS:
             problems.append(f"documents: this spec asks for {total:,} jobs; the most one spec may"
                             f" ask for is {MAX_JOBS:,} (lower samples, topic weights or axes)")
@@ -181,16 +219,23 @@ class Curriculum(_Strict):
             raise ValueError("; ".join(sorted(set(problems))))
         return self
 
-    def job_count(self) -> int:
-        """How many jobs the spec expands to, by arithmetic (never by enumerating them)."""
+    def job_count(self, *, most: bool = False) -> int:
+        """How many generation requests the first pass sends (``most``: the loop at every
+        cap, revisions included), by arithmetic, never by enumerating them."""
         total = 0
-        weights = sum(t.weight for s in self.subjects for t in s.topics)
+        rounds = self.curation.revise.rounds if self.curation.revise is not None else 0
         for doc in self.documents:
-            places = weights if "topic" in doc.per else len(self.subjects)
-            mult = (len(self.audiences) if "audience" in doc.per else 1) * (
-                len(self.styles) if "style" in doc.per else 1)
-            total += places * mult * doc.samples
+            total += self.cell_count(doc) * (
+                (doc.sample_cap * (doc.candidates + rounds)) if most
+                else doc.first_samples * doc.candidates)
         return total
+
+    def cell_count(self, doc: DocumentSpec) -> int:
+        """Cells of one document kind, counted once per unit of topic weight."""
+        weights = sum(t.weight for s in self.subjects for t in s.topics)
+        places = weights if "topic" in doc.per else len(self.subjects)
+        return places * (len(self.audiences) if "audience" in doc.per else 1) * (
+            len(self.styles) if "style" in doc.per else 1)
 
     @property
     def source_path(self) -> Path:

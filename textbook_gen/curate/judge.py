@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,49 @@ def parse_judge_score(text: str) -> int | None:
     return max(0, min(5, round(float(found[-1]))))
 
 
+_CRITIQUE = re.compile(r"^\W*critique\W*:\s*", re.I | re.M)
+MAX_CRITIQUE_CHARS = 1500
+
+
+def parse_critique(text: str) -> str:
+    """The judge's critique: what follows "Critique:" (or, without it, the answer), up to the
+    score line."""
+    text = text or ""
+    found = list(_SCORE.finditer(text))
+    if found:
+        text = text[:found[-1].start()]
+    m = _CRITIQUE.search(text)
+    if m:
+        text = text[m.end():]
+    return text.strip().rstrip("*").strip()[:MAX_CRITIQUE_CHARS]
+
+
+@dataclass(frozen=True)
+class JudgeScore:
+    """The judge's verdict on one document; ``missing`` says why there is no score, if none."""
+
+    score: float | None
+    critique: str = ""
+    missing: str | None = None
+
+
+# Models measured unable to judge with the bundled rubric (see the closing note of issue 12):
+# their answers carry no parseable score, or a score unrelated to the text.
+CANNOT_JUDGE = {
+    ("local", "smollm2-135m-instruct"): (
+        "the bundled local model (SmolLM2-135M) cannot judge: given the rubric it praised a page"
+        " of spam and scored it 1, and gave a good textbook page no score at all"),
+}
+# a judge that leaves this share of its first JUDGE_PROBE answers without a score is stopped
+JUDGE_PROBE = 8
+UNUSABLE_SHARE = 0.5
+
+
+def cannot_judge(provider: str, model: str) -> str | None:
+    """Why this model cannot serve as the judge, where that is known; None otherwise."""
+    return CANNOT_JUDGE.get((provider, model))
+
+
 def judge_model(spec: Curriculum) -> ModelSettings:
     """The judge's model settings: the spec's model, with the judge's provider and name if set."""
     settings, model = spec.curation.judge, spec.model
@@ -62,34 +106,58 @@ def judge_request(record: dict[str, Any], model: ModelSettings, max_tokens: int)
                          {"max_tokens": max_tokens, "temperature": 0.0, "seed": 0})
 
 
-def make_judge(spec: Curriculum, store: RunStore, progress: Progress,
-               ledger: Ledger) -> Callable[[list[dict[str, Any]]], dict[str, float | None]]:
+def make_judge(spec: Curriculum, store: RunStore, progress: Progress, ledger: Ledger, *,
+               pay: bool = True) -> Callable[[list[dict[str, Any]]], dict[str, JudgeScore]]:
     """The LLM judge as curation calls it: scores through the generation engine, run store
-    and the run's ledger (cached, resumable, inside the run's one budget)."""
+    and the run's ledger (cached, resumable, inside the run's one budget). With ``pay`` false
+    it only reads scores already stored (a run whose budget ran out still writes outputs);
+    documents without one get ``missing="budget"``.
+
+    A judge whose first answers mostly carry no score cannot judge: it stops the run with
+    ``JudgeUnusable`` instead of rejecting every document as unscored."""
     from textbook_gen.engine import Engine
+    from textbook_gen.errors import JudgeUnusable
     from textbook_gen.generator import WorkItem, drive
     from textbook_gen.run import make_providers, spec_price
 
     judge_spec = spec.model_copy(update={"model": judge_model(spec)})
     price = spec_price(judge_spec)
     max_tokens = spec.curation.judge.max_tokens
+    seen = {"answers": 0, "unscored": 0}
 
-    def judge(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    def judge(records: list[dict[str, Any]]) -> dict[str, JudgeScore]:
         items = [WorkItem(f"judge:{r['id']}", judge_request(r, judge_spec.model, max_tokens))
                  for r in records]
-        engine = Engine(make_providers(judge_spec), store, spec.engine, price, ledger=ledger,
-                        stage="judge")
-        stats = drive(engine, iter(items), len(items), progress, "judge")
-        if stats.stop_reason == "budget":
-            raise ledger.exceeded(stats.done, stats.total)
-        if stats.stop_reason == "interrupted":
-            raise Interrupted("stopped while judging; every score received is stored. Run the"
-                              " same command again to continue.")
-        scores: dict[str, float | None] = {}
+        if pay:
+            engine = Engine(make_providers(judge_spec), store, spec.engine, price, ledger=ledger,
+                            stage="judge")
+            stats = drive(engine, iter(items), len(items), progress, "judge")
+            if stats.stop_reason == "budget":
+                raise ledger.exceeded(stats.done, stats.total)
+            if stats.stop_reason == "interrupted":
+                raise Interrupted("stopped while judging; every score received is stored. Run"
+                                  " the same command again to continue.")
+        scores: dict[str, JudgeScore] = {}
         for r, item in zip(records, items, strict=True):
             stored = store.get_response(item.request.key)
-            ok = stored is not None and stored.status == "ok"
-            scores[r["id"]] = parse_judge_score(stored.text or "") if ok else None  # type: ignore[union-attr]
+            if stored is None or stored.status != "ok":
+                why = "budget" if not pay and stored is None else "failed"
+                scores[r["id"]] = JudgeScore(None, "", why)
+                continue
+            text = stored.text or ""
+            score = parse_judge_score(text)
+            scores[r["id"]] = JudgeScore(score, parse_critique(text))
+            if seen["answers"] < JUDGE_PROBE:
+                seen["answers"] += 1
+                seen["unscored"] += score is None
+                if (seen["answers"] == JUDGE_PROBE
+                        and seen["unscored"] >= UNUSABLE_SHARE * JUDGE_PROBE):
+                    raise JudgeUnusable(
+                        f"the judge ({judge_spec.model.provider} {judge_spec.model.name}) gave"
+                        f" no parseable score for {seen['unscored']} of its first"
+                        f" {JUDGE_PROBE} answers, so it cannot judge; the last one began:"
+                        f" {text[:160]!r}. Set curation.judge.model to a stronger model, or"
+                        " turn the judge off. Everything paid for is stored.")
         return scores
 
     return judge

@@ -15,11 +15,10 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textbook_gen.curate.decontam import Decontaminator
 from textbook_gen.curate.dedup import Deduplicator
@@ -30,10 +29,48 @@ from textbook_gen.curate.verify import verify_records
 from textbook_gen.shards import Build, ShardInfo, dumps, iter_records
 from textbook_gen.tokens import count_tokens
 
+if TYPE_CHECKING:
+    from textbook_gen.curate.judge import JudgeScore
+
 Record = dict[str, Any]
-Judge = Callable[[list[Record]], dict[str, float | None]]
+Judge = Callable[[list[Record]], Mapping[str, "JudgeScore | float | None"]]
 Progress = Callable[[str, int, int], None]
 CHUNK = 512
+STAGES = ("filters", "verify", "judge", "select", "decontaminate", "dedup", "quota")
+
+
+@dataclass(frozen=True)
+class LoopCuration:
+    """What the closed loop (textbook_gen/loop.py) asks of curation: a quota of kept records
+    per cell (``provenance.loop.target``), survivors counted per cell, and with
+    ``revise_below`` the best judged record of every sample that scored under it (the loop
+    sends it back for revision).
+
+    Records name their sample and cell in ``provenance.loop``; the records of one sample come
+    together (candidates, then revisions), and the samples of one cell too."""
+
+    revise_below: float | None = None
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best judged record of a sample that scored under ``revise.below``."""
+
+    record_id: str
+    score: float
+    critique: str
+    cell: str
+    n: int
+
+
+def _loop(r: Record) -> dict[str, Any]:
+    loop = (r.get("provenance") or {}).get("loop")
+    return loop if isinstance(loop, dict) else {}
+
+
+def group_key(r: Record) -> str:
+    """The sample a record answers: its candidates and revisions are chosen among together."""
+    return str(_loop(r).get("sample") or r.get("id", ""))
 # every record's quality has these keys (None where a stage did not apply), so that shards of
 # one corpus share one schema
 QUALITY_FIELDS = ("tokens", "verified", "judge_score", "dup_cluster", "exercises_total",
@@ -57,6 +94,8 @@ class CurationResult:
     counts: dict[str, StageCount]
     decontamination: dict[str, dict[str, int]]
     sandbox: list[str] = field(default_factory=list)  # what confined exercise code, if any ran
+    cells: dict[str, int] = field(default_factory=dict)  # loop: survivors per cell, pre-quota
+    low: dict[str, Best] = field(default_factory=dict)  # loop: sample -> best, under revise.below
 
     def to_manifest(self) -> dict[str, Any]:
         out = {"stages": {k: v.to_dict() for k, v in self.counts.items()},
@@ -70,13 +109,16 @@ class CurationResult:
 
 class _Curation:
     def __init__(self, settings: CurationSettings, build: Build, fmt: str, per_shard: int,
-                 judge: Judge | None, progress: Progress | None):
+                 judge: Judge | None, progress: Progress | None, loop: LoopCuration | None):
         self.s = settings
         self.judge = judge if settings.judge.enabled else None
         self.progress = progress or (lambda stage, done, total: None)
         self.filters: list[Filter] = default_filters(settings)
-        self.counts = {name: StageCount() for name in
-                       ("filters", "verify", "judge", "decontaminate", "dedup")}
+        self.counts = {name: StageCount() for name in STAGES}
+        self.loop = loop
+        self.cells: dict[str, int] = {}  # loop: survivors per cell after dedup
+        self.low: dict[str, Best] = {}
+        self.cell_texts: tuple[str, list[frozenset[str]]] = ("", [])  # chosen in this cell
         self.rejects = build.writer("rejects", "rejects", fmt, per_shard)
         self.kept = build.writer("shards", "part", fmt, per_shard, keep_empty=True)
         d = settings.dedup
@@ -86,10 +128,11 @@ class _Curation:
         self.ids: list[str] = []  # of the survivors of pass 1, in spool order
 
     # -- rejection bookkeeping
-    def _reject(self, record: Record, stage: str, reason: str, detail: str = "") -> None:
+    def _reject(self, record: Record, stage: str, reason: str, detail: str = "",
+                chosen: str | None = None) -> None:
         self.counts[stage].dropped[reason.split(" (")[0]] += 1
         self.rejects.write({**record, "rejected": {"stage": stage, "reason": reason,
-                                                   "detail": detail}})
+                                                   "detail": detail, "chosen": chosen}})
 
     # -- pass 1: per-document stages, survivors to the spool
     def first_pass(self, records: Iterable[Record], spool: io.BufferedWriter) -> int:
@@ -97,8 +140,7 @@ class _Curation:
 
         writer = zstandard.ZstdCompressor(level=3).stream_writer(spool, closefd=False)
         done = survivors = 0
-        it = iter(records)
-        while chunk := list(islice(it, CHUNK)):
+        for chunk in _chunks(records, CHUNK):
             for record in self._per_document(chunk):
                 self.dedup.add(record.get("text", ""), self._rank(record))
                 self.ids.append(str(record.get("id", survivors)))
@@ -132,6 +174,7 @@ class _Curation:
             out = self._verify(out)
         if self.judge is not None:
             out = self._judge(out)
+        out = self._select(out)
         return self._decontaminate(out)
 
     def _decontaminate(self, records: list[Record]) -> list[Record]:
@@ -175,21 +218,96 @@ class _Curation:
         return out
 
     def _judge(self, records: list[Record]) -> list[Record]:
+        from textbook_gen.curate.judge import JudgeScore
+
         c = self.counts["judge"]
         scores = self.judge(records) if records and self.judge else {}
         out = []
+        below = self.loop.revise_below if self.loop is not None else None
         for r in records:
             c.seen += 1
-            score = scores.get(r.get("id", ""))
+            v = scores.get(r.get("id", ""))
+            verdict = v if isinstance(v, JudgeScore) else JudgeScore(v)
+            score = verdict.score
             r["quality"]["judge_score"] = score
-            if score is None:
+            if below is not None and score is not None:
+                self._note_best(r, verdict)
+            if score is None and verdict.missing == "budget":
+                self._reject(r, "judge", "judge_unpaid", "the budget ran out before the judge"
+                             " read it; run again with a higher --max-cost to judge it")
+            elif score is None:
                 self._reject(r, "judge", "judge_unscored", "the judge's answer had no score")
             elif score < self.s.judge.min_score:
-                self._reject(r, "judge", f"judge_score ({score} < {self.s.judge.min_score})")
+                self._reject(r, "judge", f"judge_score ({score} < {self.s.judge.min_score})",
+                             verdict.critique)
             else:
                 c.kept += 1
                 out.append(r)
+        if below is not None:  # a sample's best under the bar goes back for revision
+            for key in {group_key(r) for r in records}:
+                best = self.low.get(key)
+                if best is not None and best.score >= below:
+                    del self.low[key]
         return out
+
+    def _note_best(self, r: Record, verdict: Any) -> None:
+        """Keep the best judged record of the sample (ties: the earlier one) as the one a
+        revision would start from."""
+        key = group_key(r)
+        best = self.low.get(key)
+        if best is None or verdict.score > best.score:
+            loop = _loop(r)
+            self.low[key] = Best(str(r.get("id", "")), float(verdict.score), verdict.critique,
+                                 str(loop.get("cell") or ""), int(loop.get("n") or 0))
+
+    def _select(self, records: list[Record]) -> list[Record]:
+        """Best-of-n: one record per sample survives, ranked by judge score, then verified,
+        then least like what this cell already kept, then order (candidates before
+        revisions, so a revision wins only by scoring higher)."""
+        c = self.counts["select"]
+        groups: dict[str, list[Record]] = {}
+        for r in records:
+            groups.setdefault(group_key(r), []).append(r)
+        out = []
+        for group in groups.values():
+            c.seen += len(group)
+            chosen = group[0]
+            if len(group) > 1:
+                ranked = [(self._select_rank(r), -i, r) for i, r in enumerate(group)]
+                if sum(1 for x in ranked if x[0] == max(ranked, key=lambda t: t[0])[0]) > 1:
+                    ranked = [(rank + (-self._likeness(r),), i, r) for rank, i, r in ranked]
+                chosen = max(ranked, key=lambda t: (t[0], t[1]))[2]
+                for r in group:
+                    if r is not chosen:
+                        self._reject(r, "select", "not_selected",
+                                     f"another answer to the same prompt ranked higher:"
+                                     f" {chosen.get('id')}", chosen=str(chosen.get("id")))
+            if _loop(chosen):
+                self._remember(chosen)
+            c.kept += 1
+            out.append(chosen)
+        return out
+
+    @staticmethod
+    def _select_rank(r: Record) -> tuple[float, ...]:
+        q = r["quality"]
+        score = q.get("judge_score")
+        return (score if score is not None else -1.0, 1.0 if q.get("verified") else 0.0)
+
+    def _likeness(self, r: Record) -> float:
+        """Highest Jaccard similarity (word 5-grams) to a record this cell already chose."""
+        cell = str(_loop(r).get("cell") or "")
+        if self.cell_texts[0] != cell:
+            return 0.0
+        mine = _shingles(r.get("text", ""))
+        return max((len(mine & o) / len(mine | o) for o in self.cell_texts[1] if mine | o),
+                   default=0.0)
+
+    def _remember(self, r: Record) -> None:
+        cell = str(_loop(r).get("cell") or "")
+        if self.cell_texts[0] != cell:  # records come cell by cell: keep only this cell's
+            self.cell_texts = (cell, [])
+        self.cell_texts[1].append(_shingles(r.get("text", "")))
 
     @staticmethod
     def _rank(r: Record) -> tuple[float, ...]:
@@ -225,8 +343,44 @@ class _Curation:
             dd.kept += 1
             if i in sizes:
                 record["quality"]["dup_cluster"] = f"{record.get('id', i)}~{sizes[i]}"
+            if self.loop is not None and not self._within_quota(record):
+                continue
             self.kept.write(record)
             self.progress("write", i + 1, total)
+
+    def _within_quota(self, record: Record) -> bool:
+        """A cell keeps at most its target: survivors past it (samples that were in flight
+        together) are rejected as ``over_target`` and stay in the store for a higher target."""
+        assert self.loop is not None
+        c = self.counts["quota"]
+        c.seen += 1
+        loop = _loop(record)
+        cell = str(loop.get("cell") or "")
+        have = self.cells[cell] = self.cells.get(cell, 0) + 1
+        target = loop.get("target")
+        if target is not None and have > target:
+            self._reject(record, "quota", "over_target",
+                         f"its cell already has its {target} kept document(s)")
+            return False
+        c.kept += 1
+        return True
+
+
+def _chunks(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    """Chunks of about ``size`` records that never split the records of one sample."""
+    chunk: list[Record] = []
+    for r in records:
+        if len(chunk) >= size and group_key(r) != group_key(chunk[-1]):
+            yield chunk
+            chunk = []
+        chunk.append(r)
+    if chunk:
+        yield chunk
+
+
+def _shingles(text: str, k: int = 5) -> frozenset[str]:
+    words = text.lower().split()
+    return frozenset(" ".join(words[i:i + k]) for i in range(max(1, len(words) - k + 1)))
 
 
 def _read_spool(path: Path) -> Iterator[Record]:
@@ -240,7 +394,7 @@ def _read_spool(path: Path) -> Iterator[Record]:
 
 def curate(records: Iterable[Record], settings: CurationSettings, build: Build, *,
            fmt: str = "parquet", shard_max_records: int = 10_000, judge: Judge | None = None,
-           progress: Progress | None = None) -> CurationResult:
+           progress: Progress | None = None, loop: LoopCuration | None = None) -> CurationResult:
     """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/
     of ``build`` (the caller commits it with its manifest).
 
@@ -248,7 +402,7 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
     """
     if not settings.enabled:
         settings = settings.all_stages_off()
-    c = _Curation(settings, build, fmt, shard_max_records, judge, progress)
+    c = _Curation(settings, build, fmt, shard_max_records, judge, progress, loop)
     spool_path = build.temp_path("curate-spool.jsonl.zst")
     try:
         with open(spool_path, "wb") as spool:
@@ -259,7 +413,8 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
         spool_path.unlink(missing_ok=True)
     sandbox = (sandbox_layers(settings.verify)
                if c.counts["verify"].seen and settings.verify_code else [])
-    return CurationResult(c.kept.close(), c.rejects.close(), c.counts, c.decontam.report(), sandbox)
+    return CurationResult(c.kept.close(), c.rejects.close(), c.counts, c.decontam.report(),
+                          sandbox, c.cells, c.low)
 
 
 def _with_ids(paths: list[Path]) -> Iterator[Record]:

@@ -57,6 +57,16 @@ class JudgeSettings(_Strict):
     max_tokens: int = Field(300, ge=16)
 
 
+class ReviseSettings(_Strict):
+    """Self-revision: a draft the judge scores under ``below`` goes back to the writer with the
+    judge's critique; the revision is judged again and kept only if it scores higher."""
+
+    below: float = Field(3.0, gt=0, le=5, description="revise drafts the judge scores under this")
+    rounds: int = Field(1, ge=1, le=5, description="revisions per sample at most")
+    template: str = Field("revise.md.j2", min_length=1, description="searched like the "
+                          "documents' templates; the bundled one is the default")
+
+
 class DedupSettings(_Strict):
     exact: bool = True
     near: bool = True
@@ -79,6 +89,7 @@ class CurationSettings(_Strict):
     verify_code: bool = True
     verify: VerifySettings = Field(default_factory=VerifySettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    revise: ReviseSettings | None = None
     near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     decontaminate: list[Benchmark] = Field(default_factory=list)
@@ -103,6 +114,6 @@ class CurationSettings(_Strict):
             "min_tokens": 0, "max_tokens": None, "reject_truncated": False,
             "reject_refusals": False, "stock_openers": [], "check_structure": False,
             "repetition": None, "verify_code": False,
-            "judge": self.judge.model_copy(update={"enabled": False}),
+            "judge": self.judge.model_copy(update={"enabled": False}), "revise": None,
             "dedup": self.dedup.model_copy(update={"exact": False, "near": False}),
             "decontaminate": []})
