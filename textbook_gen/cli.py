@@ -141,11 +141,35 @@ def plan(
         t.add_row("judge requests (max)", f"{j.requests:,}  on {j.provider}/{j.model}, at most"
                   f" {j.input_tokens:,} input and {j.max_output_tokens:,} output tokens")
         t.add_row("judge cost (max)", money(j.cost(1.0)))
-    t.add_row("cost to finish if outputs use max_tokens", money(p.total_cost(1.0)))
-    t.add_row("cost if outputs use half", money(p.total_cost(0.5)))
+    if p.most is None:
+        t.add_row("cost to finish if outputs use max_tokens", money(p.total_cost(1.0)))
+        t.add_row("cost if outputs use half", money(p.total_cost(0.5)))
+    else:
+        m = p.most
+        t.add_row("closed loop (at most)", f"{m.requests:,} generation requests,"
+                  f" {m.revisions:,} revisions, {m.judge.requests if m.judge else 0:,} judge"
+                  " requests, if every cell reaches every cap")
+        t.add_row("cost if outputs use max_tokens", f"{money(p.total_cost(1.0))} (one pass) .."
+                  f" {money(m.cost(1.0))} (every cap reached)")
+        t.add_row("cost if outputs use half", f"{money(p.total_cost(0.5))} (one pass) .."
+                  f" {money(m.cost(0.5))} (every cap reached)")
+    why = _judge_warning(s)
+    if why:
+        t.add_row("[red]judge", why)
     if p.price is not None and p.price.input:
         t.add_row("generation with batch API (max)", money((p.cost(1.0) or 0) / 2))
     out.print(t)
+
+
+def _judge_warning(s: Any) -> str | None:
+    if not (s.curation.enabled and s.curation.judge.enabled):
+        return None
+    from textbook_gen.curate.judge import cannot_judge, judge_model
+
+    m = judge_model(s)
+    why = cannot_judge(m.provider, m.name)
+    return (f"{why}. `run` refuses it: set curation.judge.model (and provider) to a stronger"
+            " model, or turn the judge off") if why else None
 
 
 @app.command()
@@ -465,10 +489,18 @@ def cat_(
         "(xargs -0, a tokenizer reading NUL-separated input). A document that contains the "
         "separator is an error, never a silent merge.")] = "\\0",
     rejects: Annotated[bool, typer.Option("--rejects", help="Show rejected records.")] = False,
+    pairs: Annotated[bool, typer.Option(
+        "--pairs", help="Preference pairs for DPO: one JSON line per answer the judge scored"
+        " lower than its sample's chosen one (best-of-n candidates, drafts a revision beat),"
+        " with prompt, system, chosen, rejected, scores, chosen_id and rejected_id. PATH is a"
+        " run directory.")] = False,
 ) -> None:
     """Print records as JSONL (or just their text) for a training job or a pipe."""
     from textbook_gen.errors import ConfigError, InputError
     from textbook_gen.shards import dumps, iter_records
+
+    if pairs and (text or rejects):
+        raise ConfigError("--pairs writes JSON pairs; leave out --text and --rejects")
 
     try:
         sep = separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
@@ -476,7 +508,12 @@ def cat_(
         raise ConfigError(f"--separator {separator!r}: not a valid escape sequence") from None
     if text and not sep:
         raise ConfigError("--separator: must not be empty (document boundaries would be lost)")
-    stream = iter_records(path, "rejects" if rejects else "shards")
+    if pairs:
+        from textbook_gen.pairs import iter_pairs
+
+        stream = iter_pairs(path)
+    else:
+        stream = iter_records(path, "rejects" if rejects else "shards")
     write = sys.stdout.write
     count = 0
     try:
@@ -495,7 +532,11 @@ def cat_(
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return
-    if count == 0:
+    if count == 0 and pairs:
+        err.print(f"{path}: 0 pairs (pairs come from best-of-n candidates and revisions the"
+                  " judge scored lower than the chosen answer: set candidates or"
+                  " curation.revise, with the judge on)", highlight=False)
+    elif count == 0:
         what = "rejected records" if rejects else "records"
         err.print(f"{path}: 0 {what}" + ("" if rejects else
                   f" (why: textbook-gen cat {path} --rejects)"), highlight=False)

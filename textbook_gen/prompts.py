@@ -40,6 +40,11 @@ class RenderedPrompt:
     answer_start: str | None = None  # ``{% set answer_start %}``: the model continues it
 
 
+# what validate gives the revise template: every variable it sees, with stand-in values
+REVISE_EXAMPLE = {"draft": "## A draft\n\nSome text.", "critique": "Too short.", "score": "2",
+                  "below": "3"}
+
+
 class PromptRenderer:
     """Renders a curriculum's jobs into requests for its model."""
 
@@ -84,11 +89,21 @@ class PromptRenderer:
         keep = 1.0 if total <= CHECK_RENDERS else CHECK_RENDERS / total
         pick = random.Random(0)
         seen: set[str] = set()
+        revise = self.spec.curation.revise if self.spec.curation.enabled else None
+        if revise is not None:
+            try:
+                self.template(revise.template)
+            except TemplateProblem as e:
+                return [f"{self.spec.where('curation', 'revise', 'template')}: {e}"]
         for job in distinct_jobs(self.spec):
             if keep < 1.0 and pick.random() >= keep:
                 continue
             try:
                 self.render_prompt(job)
+                if revise is not None:
+                    from textbook_gen.expand import revision_job
+
+                    self.render_prompt(revision_job(job, 1, revise.template), REVISE_EXAMPLE)
             except TemplateProblem as e:
                 if str(e) not in seen:  # one line per distinct problem, with one example job
                     seen.add(str(e))

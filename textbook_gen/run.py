@@ -116,6 +116,7 @@ class Plan:
     examples: list[tuple[Job, str]]  # (job, rendered prompt) for --show
     judge: JudgePlan | None = None
     sampled: int | None = None  # past PLAN_EXACT jobs: figures scaled from this many renders
+    most: MostPlan | None = None  # the closed loop at every cap (None: one pass is all)
 
     @property
     def to_send(self) -> int:
@@ -156,6 +157,29 @@ class JudgePlan:
         return self.price.cost(self.input_tokens, int(self.max_output_tokens * output_share))
 
 
+@dataclass
+class MostPlan:
+    """The closed loop's ceiling: every cell sends ``max_samples`` samples, each with all its
+    candidates, every sample is revised every round, and the judge reads every answer."""
+
+    requests: int  # generation (candidates included)
+    revisions: int
+    input_tokens: int  # generation and revisions
+    max_output_tokens: int
+    judge: JudgePlan | None
+    price: ModelPrice | None
+
+    def cost(self, output_share: float = 1.0) -> float | None:
+        if self.price is None:
+            return None
+        gen = self.price.cost(self.input_tokens, int(self.max_output_tokens * output_share))
+        if self.judge is None:
+            return gen
+        judged = self.judge.cost(output_share)
+        return None if judged is None else gen + judged
+
+
+REVISE_PROMPT_TOKENS = 350  # the bundled revise template around the draft and critique
 PLAN_EXACT = 20_000  # jobs plan renders one by one; past this it estimates from a sample
 PLAN_SAMPLE = 2_000  # renders behind an estimate
 JUDGE_DOCUMENT_TOKENS = 3000  # about judge.MAX_EXTRACT_CHARS (12,000 characters) of text
@@ -168,6 +192,8 @@ class _Tally:
     show: int
     jobs: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    kind_input: dict[str, int] = field(default_factory=dict)
+    kind_output: dict[str, int] = field(default_factory=dict)
     input_tokens: int = 0
     output_tokens: int = 0
     judged_tokens: int = 0  # document tokens the judge reads, at most
@@ -176,7 +202,10 @@ class _Tally:
     def add(self, job: Job, req: Request) -> None:
         self.jobs += 1
         self.by_kind[job.kind] = self.by_kind.get(job.kind, 0) + 1
-        self.input_tokens += estimate_input_tokens(req.messages)
+        tokens = estimate_input_tokens(req.messages)
+        self.kind_input[job.kind] = self.kind_input.get(job.kind, 0) + tokens
+        self.kind_output[job.kind] = self.kind_output.get(job.kind, 0) + job.max_tokens
+        self.input_tokens += tokens
         self.output_tokens += job.max_tokens
         self.judged_tokens += min(job.max_tokens, JUDGE_DOCUMENT_TOKENS)
         if len(self.examples) < self.show:
@@ -205,7 +234,8 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
         if store is not None:
             store.close()
     return Plan(t.jobs, t.by_kind, t.input_tokens, t.output_tokens, stored, spent,
-                spec_price(spec), t.examples, _judge_plan(spec, t.jobs, t.judged_tokens))
+                spec_price(spec), t.examples, _judge_plan(spec, t.jobs, t.judged_tokens),
+                most=_most_plan(spec, t, 1.0))
 
 
 def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None, show: int,
@@ -231,7 +261,35 @@ def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None
     kinds = {k: round(v * scale) for k, v in t.by_kind.items()}
     return Plan(total, kinds, round(t.input_tokens * scale), round(t.output_tokens * scale),
                 stored, spent, spec_price(spec), t.examples,
-                _judge_plan(spec, total, round(t.judged_tokens * scale)), sampled=t.jobs)
+                _judge_plan(spec, total, round(t.judged_tokens * scale)), sampled=t.jobs,
+                most=_most_plan(spec, t, scale))
+
+
+def _most_plan(spec: Curriculum, t: _Tally, scale: float) -> MostPlan | None:
+    """Scale the first pass's figures, kind by kind, to every cap of the loop reached."""
+    revise = spec.curation.revise if spec.curation.enabled else None
+    looping = [d for d in spec.documents if d.sample_cap > d.first_samples]
+    if not looping and revise is None:
+        return None
+    judge_on = spec.curation.enabled and spec.curation.judge.enabled
+    critique = spec.curation.judge.max_tokens if judge_on else 0
+    requests = revisions = tokens_in = tokens_out = judged = 0
+    for doc in spec.documents:
+        n = t.by_kind.get(doc.kind, 0) * scale
+        if not n:
+            continue
+        ratio = doc.sample_cap / doc.first_samples
+        avg_in = t.kind_input[doc.kind] / t.by_kind[doc.kind]
+        out = t.kind_output[doc.kind] / t.by_kind[doc.kind]
+        gen = n * ratio
+        revs = gen / doc.candidates * (revise.rounds if revise is not None else 0)
+        requests += round(gen)
+        revisions += round(revs)
+        tokens_in += round(gen * avg_in + revs * (avg_in + out + critique + REVISE_PROMPT_TOKENS))
+        tokens_out += round((gen + revs) * out)
+        judged += round((gen + revs) * min(out, JUDGE_DOCUMENT_TOKENS))
+    return MostPlan(requests, revisions, tokens_in, tokens_out,
+                    _judge_plan(spec, requests + revisions, judged), spec_price(spec))
 
 
 def _judge_plan(spec: Curriculum, documents: int, document_tokens: int) -> JudgePlan | None:
@@ -295,9 +353,15 @@ def _check_paid_stages(spec: Curriculum, batch: bool) -> None:
                           " --batch")
     check_provider(spec)
     if spec.curation.enabled and spec.curation.judge.enabled:
-        from textbook_gen.curate.judge import judge_model
+        from textbook_gen.curate.judge import cannot_judge, judge_model
 
-        check_provider(spec.model_copy(update={"model": judge_model(spec)}))
+        judge = judge_model(spec)
+        why = cannot_judge(judge.provider, judge.name)
+        if why:
+            raise ConfigError(f"{spec.where('curation', 'judge')}: curation.judge: {why}."
+                              " Set curation.judge.provider and model to a stronger model"
+                              " (e.g. openai gpt-4o-mini), or turn the judge off")
+        check_provider(spec.model_copy(update={"model": judge}))
     if spec.curation.enabled and spec.curation.verify_code:
         from textbook_gen.curate.sandbox import sandbox_for
 
