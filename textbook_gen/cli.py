@@ -287,6 +287,16 @@ def _summary(result: Any, money: Any) -> None:
               f" {counts['rejected']:,} rejected, {counts['failed']:,} failed · {st.succeeded:,}"
               f" new answers, {st.cached:,} from the store · {money(result.ledger.spent_usd)}"
               " this run", highlight=False)
+    cov = m.get("coverage")
+    if cov:
+        why = {}
+        for g in cov["gave_up"]:
+            key = g["reason"].split(":")[0]
+            why[key] = why.get(key, 0) + 1
+        short = ", ".join(f"{n:,} {k}" for k, n in why.items())
+        err.print(f"  cells at target: {cov['target_met']:,} of {cov['cells']:,}"
+                  f"{f' (short: {short})' if short else ''} · {cov['requests']:,} requests,"
+                  f" {cov['requests_per_kept'] or '-'} per kept document", highlight=False)
     for stage, c in m["curation"]["stages"].items():
         if c["dropped"]:
             reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(c["dropped"].items(),
