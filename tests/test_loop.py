@@ -221,10 +221,12 @@ def test_best_of_n_keeps_the_highest_scoring_candidate_and_links_the_others(api_
 # ----------------------------------------------------------------------------- revision
 
 
+@pytest.mark.parametrize("doc", ["samples: 1", "target_kept: 1, max_samples: 1"])
 def test_a_revision_replaces_its_draft_only_when_it_scores_higher(api_env, write_spec,
-                                                                 tmp_path):
-    path = _write(write_spec, "samples: 1", min_score=1,
-                  curation="  revise: {below: 3, rounds: 1}")
+                                                                 tmp_path, doc):
+    # min_score 1 < below 3: kept drafts under 3 are revised too (in a full cell, the
+    # revision can only replace its own draft)
+    path = _write(write_spec, doc, min_score=1, curation="  revise: {below: 3, rounds: 1}")
     with FakeAPI(responder=responder) as server:
         spec = _spec(path, server.url)
         run_curriculum(spec, out_dir=tmp_path / "o")

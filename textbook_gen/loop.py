@@ -166,17 +166,20 @@ class Loop:
         low: dict[str, list[tuple[str, Best]]] = defaultdict(list)
         for sample, best in result.low.items():
             low[best.cell].append((sample, best))
+        judge = self.spec.curation.judge
         for cell in self.cells():
             kept, sent = result.cells.get(cell.key, 0), self.sent(cell)
-            if cell.target is not None and kept >= cell.target:
-                continue  # full: neither revisions nor samples would be kept
-            hopes = 0
+            full = cell.target is not None and kept >= cell.target
+            hopes = 0  # revisions that could add a kept document to the cell
             for sample, best in sorted(low.get(cell.key, []), key=lambda x: x[1].n):
+                passing = best.score >= judge.min_score  # kept already: a revision improves it
+                if self.revise is None or (full and not passing):
+                    continue  # a full cell has no room for a document it does not keep yet
                 done = self.revisions.setdefault(sample, [])
-                if self.revise is not None and len(done) < self.revise.rounds:
+                if len(done) < self.revise.rounds:
                     done.append(Revision(best.record_id, best.score, best.critique))
                     nxt.revisions.append((cell, best.n, len(done)))
-                    hopes += 1
+                    hopes += not passing
             need = (cell.target or 0) - kept - hopes
             if need > 0 and sent < cell.cap:
                 add = min(need, cell.cap - sent)
