@@ -79,6 +79,7 @@ def run_shape(curriculum: Path, shape: dict[str, Any], work: Path) -> dict[str, 
     data.pop("templates", None)  # the bundled prompts (the small ones start answers: local only)
     data["model"] = {**data.get("model", {}), "provider": "openai", "name": "gpt-4o-mini"}
     data["seed_words"] = 3
+    data.pop("engine", None)  # the curricula's rate limits are for real APIs
     for doc in data["documents"]:
         for key in ("samples", "target_kept", "max_samples", "candidates"):
             doc.pop(key, None)

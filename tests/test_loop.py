@@ -419,3 +419,55 @@ def test_pairs_are_valid_and_link_real_records(api_env, write_spec, tmp_path):
     assert any(everything[p["chosen_id"]]["provenance"]["loop"]["revision"] for p in pairs) \
         or any(everything[p["rejected_id"]]["rejected"]["reason"] == "not_selected"
                for p in pairs)
+
+
+def test_stats_and_report_show_targets_and_the_cells_that_gave_up(api_env, write_spec,
+                                                                  tmp_path):
+    path = _write(write_spec, "target_kept: 2, max_samples: 3")
+    with FakeAPI(responder=responder) as server:
+        result = run_curriculum(_spec(path, server.url), out_dir=tmp_path / "o")
+    cov = result.manifest["coverage"]
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "stats", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120, env=WIDE)
+    assert proc.returncode == 0, proc.stderr
+    assert f"closed loop: {cov['target_met']} of {cov['cells']} cells at target" in proc.stdout
+    assert "of 2" in proc.stdout  # each place and kind against its target
+    short = [g for g in cov["gave_up"] if "fractions" in g["cell"]]
+    assert short and all(f"short: {g['cell']}" in proc.stdout for g in short)
+    from textbook_gen.report import _coverage
+    from textbook_gen.stats import corpus_stats
+
+    html = _coverage(corpus_stats(tmp_path / "o"))
+    assert "of the target (target_kept)" in html
+    assert re.search(r"<th>fractions</th><td class='num empty'>0 / \d+ of 4</td>", html)
+
+
+@pytest.mark.parametrize("doc, curation, message", [
+    ("samples: 2, target_kept: 1", "", "give samples"),
+    ("target_kept: 3, max_samples: 2", "", "max_samples (2) is under target_kept (3)"),
+    ("max_samples: 2", "", "set target_kept too"),
+    ("candidates: 0", "", "candidates"),
+    ("samples: 1", "  revise: {below: 3}\n  judge: {enabled: false}", "turn the judge on"),
+])
+def test_loop_settings_that_cannot_work_are_one_message_with_the_line(write_spec, doc,
+                                                                      curation, message):
+    from textbook_gen.errors import SpecError
+
+    text = LOOP_SPEC % (doc, 3, curation)
+    if "judge: {enabled: false}" in curation:
+        text = text.replace("  judge: {enabled: true, min_score: 3}\n", "")
+    path = write_spec(text)
+    with pytest.raises(SpecError) as e:
+        load_curriculum(path)
+    assert message in str(e.value) and f"{path}:" in str(e.value)
+
+
+def test_a_broken_revise_template_is_found_before_anything_is_paid(api_env, write_spec,
+                                                                   tmp_path):
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "revise.md.j2").write_text("Fix this:\n{{ draft }}\n{{ critiqe }}\n")
+    path = _write(write_spec, "samples: 1", curation="  revise: {below: 3}",
+                  extra="templates: tpl\n")
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "revise.md.j2:3" in proc.stderr and "critiqe" in proc.stderr

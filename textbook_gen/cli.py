@@ -289,7 +289,7 @@ def _summary(result: Any, money: Any) -> None:
               " this run", highlight=False)
     cov = m.get("coverage")
     if cov:
-        why = {}
+        why: dict[str, int] = {}
         for g in cov["gave_up"]:
             key = g["reason"].split(":")[0]
             why[key] = why.get(key, 0) + 1

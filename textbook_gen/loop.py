@@ -205,8 +205,10 @@ class Loop:
             sent_requests = sent * cell.candidates + revs
             requests += sent_requests
             kept_total += kept
-            row = {"cell": cell.key, "kind": cell.kind, "target": cell.target, "kept": kept,
-                   "samples": sent, "requests": sent_requests}
+            job = cell.job(0)
+            row = {"cell": cell.key, "kind": cell.kind, "place": job.topic or job.subject,
+                   "target": cell.target, "kept": kept, "samples": sent,
+                   "requests": sent_requests}
             grid.append(row)
             if kept >= cell.target:
                 met += 1

@@ -66,6 +66,7 @@ def _header(run_dir: Path, s: CorpusStats) -> str:
 
 def _coverage(s: CorpusStats) -> str:
     kinds = sorted({k for _, k in s.coverage})
+    targets = s.targets
     rows = []
     for place in sorted({p for p, _ in s.coverage}):
         cells = []
@@ -75,12 +76,17 @@ def _coverage(s: CorpusStats) -> str:
                 cells.append("<td></td>")
                 continue
             total = c["kept"] + c["rejected"]
-            cls = "num empty" if c["kept"] == 0 else "num"
-            cells.append(f"<td class='{cls}'>{c['kept']} / {total}</td>")
+            target = targets.get((place, k))
+            short = c["kept"] < target if target is not None else c["kept"] == 0
+            of = f" of {target}" if target is not None else ""
+            cls = "num empty" if short else "num"
+            cells.append(f"<td class='{cls}'>{c['kept']} / {total}{of}</td>")
         rows.append(f"<tr><th>{html.escape(place)}</th>{''.join(cells)}</tr>")
     head = "".join(f"<th>{html.escape(k)}</th>" for k in kinds)
-    return ("<h2>Coverage</h2><p class='muted'>kept / produced per place and kind; cells where"
-            " nothing survived are red.</p>"
+    what = ("kept / produced of the target (target_kept) per place and kind; cells short of"
+            " their target are red." if targets else
+            "kept / produced per place and kind; cells where nothing survived are red.")
+    return (f"<h2>Coverage</h2><p class='muted'>{what}</p>"
             f"<table id='coverage'><tr><th>place</th>{head}</tr>{''.join(rows)}</table>")
 
 

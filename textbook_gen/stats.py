@@ -45,6 +45,14 @@ class CorpusStats:
     reason_examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # 2 each
 
     @property
+    def targets(self) -> dict[tuple[str, str], int]:
+        """(place, kind) -> documents the closed loop was asked to keep (target_kept)."""
+        out: Counter[tuple[str, str]] = Counter()
+        for row in (self.manifest.get("coverage") or {}).get("grid", []):
+            out[(str(row.get("place") or "-"), str(row.get("kind") or "-"))] += row["target"]
+        return dict(out)
+
+    @property
     def kept(self) -> int:
         return sum(c["kept"] for c in self.coverage.values())
 
@@ -129,7 +137,9 @@ def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
                   + (f", {counts['failed']:,} failed jobs" if counts.get("failed") else ""))
 
     kinds = sorted({k for _, k in s.coverage})
-    grid = Table(title="coverage: kept / produced, per place and kind")
+    targets = s.targets
+    grid = Table(title="coverage: kept / produced, per place and kind"
+                 + (" (of target; red: short)" if targets else ""))
     grid.add_column("place")
     for k in kinds:
         grid.add_column(k, justify="right")
@@ -138,10 +148,21 @@ def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
         for k in kinds:
             c = s.coverage.get((place, k), Counter())
             total = c["kept"] + c["rejected"]
-            cells.append("" if not total else
-                         f"{'[red]' if c['kept'] == 0 else ''}{c['kept']}/{total}")
+            target = targets.get((place, k))
+            short = c["kept"] < target if target is not None else c["kept"] == 0
+            cells.append("" if not total else f"{'[red]' if short else ''}{c['kept']}/{total}"
+                         + (f" of {target}" if target is not None else ""))
         grid.add_row(place, *cells)
     console.print(grid)
+    cov = m.get("coverage")
+    if cov:
+        console.print(f"closed loop: {cov['target_met']:,} of {cov['cells']:,} cells at target,"
+                      f" {cov['requests']:,} generation requests"
+                      f" ({cov['requests_per_kept'] or '-'} per kept document)")
+        for g in cov["gave_up"][:10]:
+            console.print(f"  short: {g['cell']}: {g['reason']}", markup=False)
+        if len(cov["gave_up"]) > 10:
+            console.print(f"  ... and {len(cov['gave_up']) - 10:,} more (manifest.json)")
 
     if s.reasons:
         t = Table(title="rejected, by stage and reason")
