@@ -471,3 +471,30 @@ def test_a_broken_revise_template_is_found_before_anything_is_paid(api_env, writ
     proc = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "revise.md.j2:3" in proc.stderr and "critiqe" in proc.stderr
+
+
+def test_among_equal_scores_the_candidate_least_like_its_cell_is_chosen(tmp_path):
+    from textbook_gen.curate.pipeline import LoopCuration, curate
+    from textbook_gen.curate.settings import CurationSettings
+    from textbook_gen.shards import Build
+
+    first = default_text("first")
+    twin = first.replace("\n\n", "\n\nIndeed, ", 1)  # nearly the cell's first document
+    other = default_text("other")
+
+    def record(rid, sample, n, text):
+        return {"id": rid, "text": text, "quality": {},
+                "provenance": {"loop": {"sample": sample, "cell": "c", "n": n, "target": 2}}}
+
+    records = [record("c/n0", "c/n0", 0, first),
+               record("c/n1", "c/n1", 1, twin), record("c/n1/c1", "c/n1", 1, other)]
+    settings = CurationSettings.model_validate({"min_tokens": 5, "check_structure": False,
+                                                "judge": {"enabled": True, "min_score": 1},
+                                                "dedup": {"near": False}})
+    build = Build(tmp_path)
+    result = curate(records, settings, build, fmt="jsonl", loop=LoopCuration(),
+                    judge=lambda rs: {r["id"]: 4.0 for r in rs})
+    build.commit({"shards": [s.to_dict() for s in [*result.shards, *result.rejects]]})
+    assert sorted(_kept(tmp_path)) == ["c/n0", "c/n1/c1"]
+    why = _rejects(tmp_path)["c/n1"]["rejected"]
+    assert why["reason"] == "not_selected" and why["chosen"] == "c/n1/c1"
