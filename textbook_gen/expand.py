@@ -38,6 +38,7 @@ class Job:
     topic_notes: str
     audience: str
     style: str
+    persona: str  # "" when the spec has no personas
     sample: int
     seed: int
     seed_words: tuple[str, ...]
@@ -109,12 +110,14 @@ class _Place:
     topic: Topic | None
     audiences: Axis
     styles: Axis
+    personas: Axis
     samples: int  # first pass, per cell
     weight: int
 
     @property
     def size(self) -> int:
-        return len(self.audiences) * len(self.styles) * self.samples * self.doc.candidates
+        return (len(self.audiences) * len(self.styles) * len(self.personas) * self.samples
+                * self.doc.candidates)
 
 
 def _places(spec: Curriculum) -> Iterator[_Place]:
@@ -123,11 +126,13 @@ def _places(spec: Curriculum) -> Iterator[_Place]:
         audiences: Axis = (list(enumerate(spec.audiences)) if "audience" in doc.per
                            else [(None, None)])
         styles: Axis = list(enumerate(spec.styles)) if "style" in doc.per else [(None, None)]
+        personas: Axis = (list(enumerate(spec.personas)) if "persona" in doc.per
+                          else [(None, None)])
         for subject in spec.subjects:
             topics: list[Topic | None] = list(subject.topics) if "topic" in doc.per else [None]
             for topic in topics:
                 weight = topic.weight if topic else 1
-                yield _Place(doc, subject, topic, audiences, styles,
+                yield _Place(doc, subject, topic, audiences, styles, personas,
                              doc.first_samples * weight, weight)
 
 
@@ -135,11 +140,12 @@ def _expand_place(spec: Curriculum, p: _Place, identity: str) -> Iterator[Job]:
     # nested loops, not itertools.product: product would hold range(samples) as a tuple
     for ai, audience in p.audiences:
         for si, style in p.styles:
-            for n in range(p.samples):
-                job = _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n,
-                                identity)
-                for k in range(p.doc.candidates):
-                    yield candidate_job(job, k)
+            for pi, persona in p.personas:
+                for n in range(p.samples):
+                    job = _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style,
+                                    n, identity, pi, persona)
+                    for k in range(p.doc.candidates):
+                        yield candidate_job(job, k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +163,9 @@ class Cell:
 
     def job(self, n: int) -> Job:
         """Sample ``n`` of the cell (candidate 0)."""
-        spec, doc, subject, topic, ai, audience, si, style, identity = self._make
-        return _make_job(spec, doc, subject, topic, ai, audience, si, style, n, identity)
+        spec, doc, subject, topic, ai, audience, si, style, identity, pi, persona = self._make
+        return _make_job(spec, doc, subject, topic, ai, audience, si, style, n, identity, pi,
+                         persona)
 
 
 def cells(spec: Curriculum, limit: int | None = None, identity: str = "names") -> Iterator[Cell]:
@@ -168,17 +175,19 @@ def cells(spec: Curriculum, limit: int | None = None, identity: str = "names") -
     for p in _places(spec):
         for ai, audience in p.audiences:
             for si, style in p.styles:
-                if left is not None and left <= 0:
-                    return
-                make = (spec, p.doc, p.subject, p.topic, ai, audience, si, style, identity)
-                first = p.samples if left is None else min(p.samples,
-                                                           -(-left // p.doc.candidates))
-                cell = Cell("", p.doc.kind, first, p.doc.sample_cap * p.weight,
-                            p.doc.target_kept * p.weight if p.doc.target_kept else None,
-                            p.doc.candidates, make)
-                yield replace(cell, key=cell.job(0).cell)
-                if left is not None:
-                    left -= first * p.doc.candidates
+                for pi, persona in p.personas:
+                    if left is not None and left <= 0:
+                        return
+                    make = (spec, p.doc, p.subject, p.topic, ai, audience, si, style, identity,
+                            pi, persona)
+                    first = p.samples if left is None else min(p.samples,
+                                                               -(-left // p.doc.candidates))
+                    cell = Cell("", p.doc.kind, first, p.doc.sample_cap * p.weight,
+                                p.doc.target_kept * p.weight if p.doc.target_kept else None,
+                                p.doc.candidates, make)
+                    yield replace(cell, key=cell.job(0).cell)
+                    if left is not None:
+                        left -= first * p.doc.candidates
 
 
 def job_at(spec: Curriculum, index: int, identity: str = "names") -> Job:
@@ -189,11 +198,14 @@ def job_at(spec: Curriculum, index: int, identity: str = "names") -> Job:
             index -= p.size
             continue
         c = p.doc.candidates
-        a, rest = divmod(index, len(p.styles) * p.samples * c)
-        st, rest = divmod(rest, p.samples * c)
+        per_persona = p.samples * c
+        a, rest = divmod(index, len(p.styles) * len(p.personas) * per_persona)
+        st, rest = divmod(rest, len(p.personas) * per_persona)
+        pe, rest = divmod(rest, per_persona)
         n, k = divmod(rest, c)
-        (ai, audience), (si, style) = p.audiences[a], p.styles[st]
-        job = _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n, identity)
+        (ai, audience), (si, style), (pi, persona) = p.audiences[a], p.styles[st], p.personas[pe]
+        job = _make_job(spec, p.doc, p.subject, p.topic, ai, audience, si, style, n, identity,
+                        pi, persona)
         return candidate_job(job, k)
     raise IndexError(index)
 
@@ -208,26 +220,31 @@ def distinct_jobs(spec: Curriculum) -> Iterator[Job]:
             for topic in places:
                 for ai, audience in enumerate(spec.audiences):
                     for si, style in enumerate(spec.styles):
-                        yield _make_job(spec, doc, subject, topic, ai, audience, si, style, 0)
+                        axis: Axis = list(enumerate(spec.personas)) or [(None, None)]
+                        for pi, persona in axis:
+                            yield _make_job(spec, doc, subject, topic, ai, audience, si, style,
+                                            0, "names", pi, persona)
 
 
 def distinct_job_count(spec: Curriculum) -> int:
     places = sum(len(s.topics) for s in spec.subjects)
     per_doc = [places if "topic" in d.per else len(spec.subjects) for d in spec.documents]
-    return sum(per_doc) * len(spec.audiences) * len(spec.styles)
+    return sum(per_doc) * len(spec.audiences) * len(spec.styles) * max(1, len(spec.personas))
 
 
 def _job_name(spec: Curriculum, place: str, doc: DocumentSpec, ai: int | None,
               audience: str | None, si: int | None, style: str | None, n: int,
-              identity: str) -> tuple[str, int, str]:
+              identity: str, pi: int | None = None,
+              persona: str | None = None) -> tuple[str, int, str]:
     """The job's id, seed and cell."""
     if identity == "positions":  # stores made before ids came from names
-        coords = [f"a{ai}" if ai is not None else "", f"s{si}" if si is not None else "", f"n{n}"]
+        coords = [f"a{ai}" if ai is not None else "", f"s{si}" if si is not None else "",
+                  f"p{pi}" if pi is not None else "", f"n{n}"]
         job_id = f"{spec.name}/{place}/{doc.kind}/" + "-".join(c for c in coords if c)
         return job_id, job_seed(spec.seed, job_id), job_id.rsplit("n", 1)[0].rstrip("-")
     # kind first: within one kind every id has the same shape, so no two can collide
     parts = [doc.kind, place]
-    parts += [slugify(x) for x in (audience, style) if x is not None]
+    parts += [slugify(x) for x in (audience, style, persona) if x is not None]
     local = "/".join([*parts, f"n{n}"])
     return f"{spec.name}/{local}", job_seed(spec.seed, local), f"{spec.name}/" + "/".join(parts)
 
@@ -243,10 +260,15 @@ def _make_job(
     style: str | None,
     n: int,
     identity: str = "names",
+    pi: int | None = None,
+    persona: str | None = None,
 ) -> Job:
     place = slugify(subject.name) + (f"/{slugify(topic.name)}" if topic else "")
-    job_id, seed, cell = _job_name(spec, place, doc, ai, audience, si, style, n, identity)
+    job_id, seed, cell = _job_name(spec, place, doc, ai, audience, si, style, n, identity, pi,
+                                   persona)
     rng = random.Random(seed)
+    if persona is None and spec.personas:  # its own draw: the seed words stay as they were
+        persona = random.Random(seed ^ 0x5EED).choice(spec.personas)
     # Axes the entry does not multiply over are still varied, picked by the job's seed.
     if audience is None:
         audience = rng.choice(spec.audiences)
@@ -263,6 +285,7 @@ def _make_job(
         topic_notes=topic.notes if topic else "",
         audience=audience,
         style=style,
+        persona=persona or "",
         sample=n,
         seed=seed,
         seed_words=words,

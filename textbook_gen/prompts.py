@@ -144,6 +144,7 @@ class PromptRenderer:
             "description": s.description,
             "audiences": s.audiences,
             "styles": s.styles,
+            "personas": s.personas,
             "subjects": [x.name for x in s.subjects],
         }
 
@@ -161,6 +162,7 @@ class PromptRenderer:
             "topic_notes": job.topic_notes,
             "audience": job.audience,
             "style": job.style,
+            "persona": job.persona,
             "sample": job.sample,
             "seed_words": list(job.seed_words),
             "job_id": job.id,

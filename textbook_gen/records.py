@@ -42,6 +42,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: Promp
         "topic": job.topic,
         "audience": job.audience,
         "style": job.style,
+        "persona": job.persona or None,
         "seed_words": list(job.seed_words),
         "provenance": {
             "spec_sha256": spec.sha256,

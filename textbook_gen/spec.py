@@ -29,7 +29,7 @@ from pydantic import (
 from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.errors import SpecError
 
-Axis = Literal["subject", "topic", "audience", "style"]
+Axis = Literal["subject", "topic", "audience", "style", "persona"]
 SLUG = r"^[a-z0-9][a-z0-9._-]*$"
 DEFAULT_PER: tuple[Axis, ...] = ("topic", "audience", "style")
 MAX_JOBS = 1_000_000_000
@@ -82,6 +82,23 @@ class Topic(_Strict):
 
 class Subject(_Strict):
     name: str = Field(min_length=1)
+    description: str = ""
+    include: str | None = Field(None, description="a YAML file of topics (as `grow` writes "
+                                "it), relative to the spec; its topics follow those listed here")
+    topics: list[Topic] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_topics(self) -> Subject:
+        if not self.topics:
+            raise ValueError("needs topics: list them, or include a topics file (include:"
+                             " topics.yaml, as `textbook-gen grow` writes)")
+        return self
+
+
+class TopicFile(_Strict):
+    """A file of topics a subject includes (``include:``), as ``textbook-gen grow`` writes it."""
+
+    subject: str | None = Field(None, description="the subject it was grown for (a note)")
     description: str = ""
     topics: list[Topic] = Field(min_length=1)
 
@@ -170,6 +187,8 @@ class Curriculum(_Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     audiences: list[str] = Field(default_factory=lambda: ["general readers"], min_length=1)
     styles: list[str] = Field(default_factory=lambda: ["textbook"], min_length=1)
+    personas: list[str] = Field(default_factory=list, description="voices to write in: an axis "
+                                "like audiences (a list, or a file with one per line)")
     subjects: list[Subject] = Field(min_length=1)
     documents: list[DocumentSpec] = Field(min_length=1)
     templates: str | None = None
@@ -196,7 +215,8 @@ class Curriculum(_Strict):
             for t in s.topics:
                 if topic_slugs.setdefault(slugify(t.name), t.name) != t.name:
                     problems.append(f"topic {t.name!r} in {s.name!r} collides with another topic")
-        for axis, values in (("audiences", self.audiences), ("styles", self.styles)):
+        for axis, values in (("audiences", self.audiences), ("styles", self.styles),
+                             ("personas", self.personas)):
             seen: dict[str, str] = {}
             for v in values:
                 prev = seen.setdefault(slugify(v), v)
@@ -208,6 +228,11 @@ class Curriculum(_Strict):
             problems.append("curation.revise: revision sends back drafts the judge scored low"
                             " with its critique; turn the judge on (curation.judge.enabled:"
                             " true) or remove revise")
+        for d in self.documents:
+            if "persona" in d.per and not self.personas:
+                problems.append(f"documents: {d.kind} multiplies over persona, but the spec has"
+                                " no personas; add personas: [...] (or a file), or drop it from"
+                                " per")
         kinds = [d.kind for d in self.documents]
         if len(set(kinds)) != len(kinds):
             problems.append("documents: each entry needs its own 'kind'")
@@ -235,7 +260,8 @@ class Curriculum(_Strict):
         weights = sum(t.weight for s in self.subjects for t in s.topics)
         places = weights if "topic" in doc.per else len(self.subjects)
         return places * (len(self.audiences) if "audience" in doc.per else 1) * (
-            len(self.styles) if "style" in doc.per else 1)
+            len(self.styles) if "style" in doc.per else 1) * (
+            len(self.personas) if "persona" in doc.per else 1)
 
     @property
     def source_path(self) -> Path:
@@ -272,11 +298,75 @@ def load_curriculum(path: str | Path) -> Curriculum:
     data, lines, raw = _read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError([f"{path}:1: the file must be a mapping of keys (name:, subjects:, ...)"])
+    parts = _resolve_parts(path, data, lines)
     spec: Curriculum = _validate(path, data, lines, Curriculum)
     spec._source = path.resolve()
-    spec._sha256 = hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(raw)
+    for part in parts:  # included topic files and the personas file are part of the spec
+        digest.update(part)
+    spec._sha256 = digest.hexdigest()
     spec._lines = lines
     return spec
+
+
+def _resolve_parts(path: Path, data: dict[str, Any],
+                   lines: dict[tuple[Any, ...], int]) -> list[bytes]:
+    """Read the files a spec names into it, before it is validated: ``personas: FILE`` (one
+    per line; blank lines and # comments skipped) and each subject's ``include: FILE`` (a
+    ``TopicFile``, validated on its own, so its errors name its own lines). Returns the bytes
+    read, which are part of the spec's hash."""
+    problems: list[str] = []
+    parts: list[bytes] = []
+
+    def read(key: tuple[Any, ...], name: Any) -> tuple[Path, bytes] | None:
+        where = f"{path}:{_line_for(key, lines)}: {_dotted(key)}"
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where}: give a file name (relative to {path.name})")
+            return None
+        file = (path.parent / name).resolve()
+        try:
+            return file, file.read_bytes()
+        except OSError as e:
+            problems.append(f"{where}: cannot read {file} ({e.strerror or e}); the path is"
+                            f" relative to {path.name}")
+            return None
+
+    personas = data.get("personas")
+    if isinstance(personas, str):
+        found = read(("personas",), personas)
+        if found is not None:
+            file, raw = found
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                problems.append(f"{file}: not UTF-8 text; save it as UTF-8")
+            else:
+                parts.append(raw)
+                data["personas"] = [ln.strip() for ln in text.splitlines()
+                                    if ln.strip() and not ln.strip().startswith("#")]
+                if not data["personas"]:
+                    problems.append(f"{file}: no personas in it (one per line)")
+    for i, subject in enumerate(data.get("subjects") or []):
+        if not isinstance(subject, dict) or "include" not in subject:
+            continue
+        found = read(("subjects", i, "include"), subject["include"])
+        if found is None:
+            continue
+        file, _ = found
+        inc, inc_lines, raw = _read_yaml(file)  # SpecError with the included file's lines
+        if not isinstance(inc, dict):
+            problems.append(f"{file}:1: a topics file is a mapping with topics: [...]")
+            continue
+        topics = _validate(file, inc, inc_lines, TopicFile)
+        parts.append(raw)
+        listed = subject.get("topics") or []
+        subject["topics"] = [*(listed if isinstance(listed, list) else []),
+                             *(t.model_dump() for t in topics.topics)]
+        if not subject.get("description") and topics.description:
+            subject["description"] = topics.description
+    if problems:
+        raise SpecError(problems)
+    return parts
 
 
 MAX_YAML_VALUES = 200_000  # after aliases are expanded: a spec is hand-written, not a data dump
