@@ -46,6 +46,7 @@ class Job:
     temperature: float
     cell: str  # the id of the job's cell: kind and coordinates, without the sample
     sample_id: str  # the id of the sample it answers (candidate 0's id)
+    sample_seed: int  # the sample's seed: what its candidates and revisions share
     candidate: int = 0  # best-of-n: which answer to the sample's prompt (0: the sample's own id)
     revision: int = 0  # self-revision round (the job's template is then the revise template)
 
@@ -293,4 +294,5 @@ def _make_job(
         temperature=doc.temperature if doc.temperature is not None else spec.model.temperature,
         cell=cell,
         sample_id=job_id,
+        sample_seed=seed,
     )

@@ -26,8 +26,8 @@ from textbook_gen.store import RunStore
 
 def curate_stored(spec: Curriculum, store: RunStore, out_dir: Path,
                   records: Iterable[dict[str, Any]], *, ledger: Ledger, progress: Progress,
-                  loop: LoopCuration | None = None,
-                  pay: bool = True) -> tuple[Build, CurationResult]:
+                  loop: LoopCuration | None = None, pay: bool = True,
+                  renderer: PromptRenderer | None = None) -> tuple[Build, CurationResult]:
     """Curate ``records`` (rebuilt from the store) into a new build, not yet committed.
     ``pay`` false: the judge only reads scores already stored (the budget ran out)."""
     build = Build(out_dir)
@@ -36,8 +36,15 @@ def curate_stored(spec: Curriculum, store: RunStore, out_dir: Path,
     settings = spec.curation.resolve_paths(spec.source_path.parent)
     judge = (make_judge(spec, store, progress, ledger, pay=pay)
              if settings.enabled and settings.judge.enabled else None)
+    extra: list[Any] = []
+    seeds = renderer.seeds if renderer is not None else None
+    if seeds is not None and settings.enabled and settings.copy_guard.enabled:
+        from textbook_gen.seeds import CopyGuard
+
+        g = settings.copy_guard
+        extra.append(CopyGuard(seeds, g.ngram, g.max_overlap))
     result = curate(records, settings, build, fmt=fmt, shard_max_records=per_shard,
-                    judge=judge, progress=progress.stage, loop=loop)
+                    judge=judge, progress=progress.stage, loop=loop, extra_filters=extra)
     return build, result
 
 

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -20,6 +20,9 @@ from textbook_gen.errors import TemplateProblem
 from textbook_gen.expand import Job
 from textbook_gen.providers.base import Request
 from textbook_gen.spec import Curriculum
+
+if TYPE_CHECKING:
+    from textbook_gen.seeds import SeedIndex
 
 CHECK_RENDERS = 5_000  # distinct combinations rendered by validate before it samples
 
@@ -40,6 +43,10 @@ class RenderedPrompt:
     answer_start: str | None = None  # ``{% set answer_start %}``: the model continues it
 
 
+# what validate gives templates for seed_document when the spec has seeds (the index is built
+# by plan and run, not by validate)
+SEED_EXAMPLE = {"id": "example", "text": "An extract of a seed document.", "source": "seeds",
+                "sha256": "0" * 64}
 # what validate gives the revise template: every variable it sees, with stand-in values
 REVISE_EXAMPLE = {"draft": "## A draft\n\nSome text.", "critique": "Too short.", "score": "2",
                   "below": "3"}
@@ -48,8 +55,10 @@ REVISE_EXAMPLE = {"draft": "## A draft\n\nSome text.", "critique": "Too short.",
 class PromptRenderer:
     """Renders a curriculum's jobs into requests for its model."""
 
-    def __init__(self, spec: Curriculum, *, provider: str | None = None, model: str | None = None):
+    def __init__(self, spec: Curriculum, *, provider: str | None = None, model: str | None = None,
+                 seeds: SeedIndex | None = None):
         self.spec = spec
+        self.seeds = seeds
         self.provider = provider or spec.model.provider
         self.model = model or spec.model.name
         for folder in spec.template_dirs:
@@ -166,6 +175,7 @@ class PromptRenderer:
             "sample": job.sample,
             "seed_words": list(job.seed_words),
             "job_id": job.id,
+            "seed_document": self._seed(job),
             **(extra or {}),
         }
         try:
@@ -189,6 +199,15 @@ class PromptRenderer:
                 f"{tmpl.filename or tmpl.name}: sets answer_start, which the {self.provider}"
                 " provider cannot continue (local and anthropic can); remove it for this model")
         return RenderedPrompt(system or None, user, start or None)
+
+    def _seed(self, job: Job) -> dict[str, str] | None:
+        if self.seeds is not None:
+            return self.seeds.for_job(job).as_template()
+        return SEED_EXAMPLE if self.spec.seeds is not None else None
+
+    def seed_provenance(self, job: Job) -> dict[str, str] | None:
+        """The seed document a job's prompt was grounded in: id, sha256, source."""
+        return self.seeds.for_job(job).provenance() if self.seeds is not None else None
 
     def render(self, job: Job, extra: dict[str, Any] | None = None) -> Request:
         prompt = self.render_prompt(job, extra)

@@ -53,6 +53,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: Promp
             "model": resp.model,
             "params": params,
             "seed": job.seed,
+            "seed_document": renderer.seed_provenance(job),
             "response_id": resp.response_id,
             "finish_reason": resp.finish_reason,
             "usage": {"input": resp.input_tokens, "output": resp.output_tokens},

@@ -88,6 +88,18 @@ def _option_error(e: Any) -> str:
     return f"{name}: {e['msg']} (got {e.get('input')!r})"
 
 
+def open_seeds(spec: Curriculum, out_dir: Path, progress: Progress | None = None) -> Any:
+    """The spec's seed index (built beside the run the first time), or None without seeds."""
+    if spec.seeds is None:
+        return None
+    from textbook_gen.seeds import SeedIndex
+
+    if progress is not None:
+        progress.message(f"seed documents: {spec.seeds.path} (indexed once, beside the run)")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return SeedIndex(spec.seeds, spec.source_path.parent, out_dir)
+
+
 def default_out_dir(spec: Curriculum) -> Path:
     return Path("out") / spec.name
 
@@ -198,6 +210,7 @@ class _Tally:
     output_tokens: int = 0
     judged_tokens: int = 0  # document tokens the judge reads, at most
     examples: list[tuple[Job, str]] = field(default_factory=list)
+    seed_of: Callable[[Job], dict[str, str] | None] | None = None
 
     def add(self, job: Job, req: Request) -> None:
         self.jobs += 1
@@ -209,18 +222,22 @@ class _Tally:
         self.output_tokens += job.max_tokens
         self.judged_tokens += min(job.max_tokens, JUDGE_DOCUMENT_TOKENS)
         if len(self.examples) < self.show:
-            self.examples.append((job, "\n\n".join(f"[{r}]\n{c}" for r, c in req.messages)))
+            text = "\n\n".join(f"[{r}]\n{c}" for r, c in req.messages)
+            seed = self.seed_of(job) if self.seed_of is not None else None
+            if seed is not None:
+                text = f"[seed document] {seed['id']} ({seed['source']})\n\n{text}"
+            self.examples.append((job, text))
 
 
 def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
          out_dir: Path | None = None) -> Plan:
-    renderer = PromptRenderer(spec)
+    renderer = PromptRenderer(spec, seeds=open_seeds(spec, out_dir or default_out_dir(spec)))
     store_path = (out_dir or default_out_dir(spec)) / "run.sqlite"
     if job_count(spec, limit) > PLAN_EXACT:
         return _plan_estimate(spec, renderer, limit, show, store_path)
     store = RunStore(store_path) if store_path.exists() else None
     identity = store.job_identity if store is not None else "names"
-    t = _Tally(show)
+    t = _Tally(show, seed_of=renderer.seed_provenance)
     stored = 0
     spent = store.totals()["cost_usd"] if store is not None else 0.0
     try:
@@ -248,7 +265,7 @@ def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None
     from textbook_gen.expand import job_at
 
     total = job_count(spec, limit)
-    t = _Tally(show)
+    t = _Tally(show, seed_of=renderer.seed_provenance)
     for i in sorted(random.Random(0).sample(range(total), min(PLAN_SAMPLE, total))):
         job = job_at(spec, i)
         t.add(job, renderer.render(job))
@@ -427,12 +444,12 @@ def run_curriculum(
 
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
-    renderer = PromptRenderer(spec)
-    problems = spec_problems(spec, renderer)
+    problems = spec_problems(spec, PromptRenderer(spec))
     if problems:
         raise SpecError(problems)
     _check_paid_stages(spec, batch)
     _check_run_dir(out_dir)
+    renderer = PromptRenderer(spec, seeds=open_seeds(spec, out_dir, progress))
     ledger = Ledger(spec.engine.max_cost_usd, spec.engine.max_total_tokens)
     with RunStore(out_dir / "run.sqlite", exclusive=True) as store:
         if store.replayed:
@@ -482,7 +499,7 @@ def run_curriculum(
             try:
                 build, result = curate_stored(spec, store, out_dir, loop.records(),
                                               ledger=ledger, progress=progress,
-                                              loop=loop.curation())
+                                              loop=loop.curation(), renderer=renderer)
             except BudgetExceeded:
                 stop = "budget"
                 break
@@ -493,7 +510,8 @@ def run_curriculum(
                 progress.message(f"round {rnd}: {_round_line(loop, result)}")
         if final is None:  # the budget ran out: curate what is stored, paying nothing more
             final = curate_stored(spec, store, out_dir, loop.records(), ledger=ledger,
-                                  progress=progress, loop=loop.curation(), pay=False)
+                                  progress=progress, loop=loop.curation(), pay=False,
+                                  renderer=renderer)
         build, result = final
         failed = loop.job_failures()
         store.finish_run(run_id, stop or "complete", sent=total.sent, cached=total.cached,

@@ -174,6 +174,19 @@ class OutputSettings(_Strict):
     shard_max_records: int = Field(10_000, ge=1)
 
 
+class SeedSettings(_Strict):
+    """Seed documents: each job's prompt is grounded in one (textbook_gen/seeds.py)."""
+
+    path: str = Field(min_length=1, description="JSONL (plain or .zst), Parquet, or a folder of"
+                      " .txt/.md files, relative to the spec")
+    text_field: str = "text"
+    id_field: str | None = Field(None, description="default: file name and record number")
+    match: Literal["topic", "random"] = Field("topic", description="topic: among the best BM25"
+                                              " matches of the job's topic; random: any")
+    top: int = Field(20, ge=1, le=10_000, description="matches a job draws from (match: topic)")
+    max_chars: int = Field(2000, ge=100, le=200_000, description="of the seed the template sees")
+
+
 class Price(_Strict):
     input: float = Field(ge=0, description="USD per million input tokens")
     output: float = Field(ge=0, description="USD per million output tokens")
@@ -194,6 +207,7 @@ class Curriculum(_Strict):
     templates: str | None = None
     seed_words: Annotated[int, Field(ge=0, le=20)] = 3
     variables: dict[str, Any] = Field(default_factory=dict, description="extra template variables")
+    seeds: SeedSettings | None = None
     curation: CurationSettings = Field(default_factory=CurationSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)

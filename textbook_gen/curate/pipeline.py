@@ -109,11 +109,12 @@ class CurationResult:
 
 class _Curation:
     def __init__(self, settings: CurationSettings, build: Build, fmt: str, per_shard: int,
-                 judge: Judge | None, progress: Progress | None, loop: LoopCuration | None):
+                 judge: Judge | None, progress: Progress | None, loop: LoopCuration | None,
+                 extra_filters: list[Filter] | None = None):
         self.s = settings
         self.judge = judge if settings.judge.enabled else None
         self.progress = progress or (lambda stage, done, total: None)
-        self.filters: list[Filter] = default_filters(settings)
+        self.filters: list[Filter] = [*default_filters(settings), *(extra_filters or [])]
         self.counts = {name: StageCount() for name in STAGES}
         self.loop = loop
         self.cells: dict[str, int] = {}  # loop: survivors per cell after dedup
@@ -394,7 +395,8 @@ def _read_spool(path: Path) -> Iterator[Record]:
 
 def curate(records: Iterable[Record], settings: CurationSettings, build: Build, *,
            fmt: str = "parquet", shard_max_records: int = 10_000, judge: Judge | None = None,
-           progress: Progress | None = None, loop: LoopCuration | None = None) -> CurationResult:
+           progress: Progress | None = None, loop: LoopCuration | None = None,
+           extra_filters: list[Filter] | None = None) -> CurationResult:
     """Run every enabled stage; write kept records to shards/ and rejected ones to rejects/
     of ``build`` (the caller commits it with its manifest).
 
@@ -402,7 +404,7 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
     """
     if not settings.enabled:
         settings = settings.all_stages_off()
-    c = _Curation(settings, build, fmt, shard_max_records, judge, progress, loop)
+    c = _Curation(settings, build, fmt, shard_max_records, judge, progress, loop, extra_filters)
     spool_path = build.temp_path("curate-spool.jsonl.zst")
     try:
         with open(spool_path, "wb") as spool:

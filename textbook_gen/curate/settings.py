@@ -67,6 +67,15 @@ class ReviseSettings(_Strict):
                           "documents' templates; the bundled one is the default")
 
 
+class CopyGuardSettings(_Strict):
+    """A document that copies its seed document is rejected (``copies_seed``)."""
+
+    enabled: bool = True
+    ngram: int = Field(8, ge=3, le=50, description="word n-grams compared")
+    max_overlap: float = Field(0.2, ge=0, le=1, description="share of the document's n-grams "
+                               "found in its seed above which it is a copy")
+
+
 class DedupSettings(_Strict):
     exact: bool = True
     near: bool = True
@@ -90,6 +99,7 @@ class CurationSettings(_Strict):
     verify: VerifySettings = Field(default_factory=VerifySettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     revise: ReviseSettings | None = None
+    copy_guard: CopyGuardSettings = Field(default_factory=CopyGuardSettings)
     near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     decontaminate: list[Benchmark] = Field(default_factory=list)
@@ -115,5 +125,6 @@ class CurationSettings(_Strict):
             "reject_refusals": False, "stock_openers": [], "check_structure": False,
             "repetition": None, "verify_code": False,
             "judge": self.judge.model_copy(update={"enabled": False}), "revise": None,
+            "copy_guard": self.copy_guard.model_copy(update={"enabled": False}),
             "dedup": self.dedup.model_copy(update={"exact": False, "near": False}),
             "decontaminate": []})
