@@ -20,8 +20,11 @@ from textbook_gen.shards import iter_records
 from textbook_gen.spec import load_curriculum
 
 TOPICS = ["volcanoes", "glaciers", "earthquakes", "rivers", "deserts", "tides"]
-FILLER = ("the of land water rock stone heat cold wind rain soil sky layer flow time slow fast "
-          "change shape force energy year place people map study field").split()
+FILLER = [
+    "the", "of", "land", "water", "rock", "stone", "heat", "cold", "wind", "rain", "soil",
+    "sky", "layer", "flow", "time", "slow", "fast", "change", "shape", "force", "energy",
+    "year", "place", "people", "map", "study", "field"
+]
 
 SPEC = """\
 name: grounded

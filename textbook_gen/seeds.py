@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 INDEX_VERSION = 1
 BATCH = 2_000
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-STOP = frozenset("a an and the of in on to for with by as at or is are be from into its".split())
+STOP = frozenset({
+    "a", "an", "and", "the", "of", "in", "on", "to", "for", "with", "by", "as", "at", "or",
+    "is", "are", "be", "from", "into", "its"
+})
 
 
 @dataclass(frozen=True)
