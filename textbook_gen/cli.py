@@ -59,10 +59,10 @@ def _main(
         _debug["on"] = True
 
 
-def _load(path: Path):  # noqa: ANN202 - Curriculum, imported lazily
+def _load(path: Path, *, to_grow: bool = False):  # noqa: ANN202 - Curriculum, imported lazily
     from textbook_gen.spec import load_curriculum
 
-    return load_curriculum(path)
+    return load_curriculum(path, to_grow=to_grow)
 
 
 def _at_least(option: str, value: float | None, minimum: float) -> None:
@@ -122,7 +122,7 @@ def plan(
     from textbook_gen.run import plan as make_plan
     from textbook_gen.ui import money
 
-    s = apply_overrides(_load(spec), Overrides(provider=provider, model=model))
+    s = apply_overrides(_load(spec, to_grow=True), Overrides(provider=provider, model=model))
     p = make_plan(s, limit=limit, show=show, out_dir=out_dir)
     for job, prompt in p.examples:
         out.rule(f"[bold]{job.id}")
@@ -156,6 +156,12 @@ def plan(
     why = _judge_warning(s)
     if why:
         t.add_row("[red]judge", why)
+    if p.grow is not None:
+        g = p.grow
+        t.add_row("[yellow]grow first", f"{', '.join(g.subjects)}: no topics file yet; run"
+                  f" `textbook-gen grow {spec}` (at most {g.requests:,} requests at"
+                  f" {GROW_TOPICS} topics, depth 1: {money(g.cost)}). The figures above count"
+                  " one stand-in topic for each")
     if p.price is not None and p.price.input:
         t.add_row("generation with batch API (max)", money((p.cost(1.0) or 0) / 2))
     out.print(t)
@@ -170,6 +176,67 @@ def _judge_warning(s: Any) -> str | None:
     why = cannot_judge(m.provider, m.name)
     return (f"{why}. `run` refuses it: set curation.judge.model (and provider) to a stronger"
             " model, or turn the judge off") if why else None
+
+
+GROW_TOPICS = 12
+
+
+@app.command()
+def grow(
+    spec: SpecArg,
+    subject: Annotated[list[str] | None, typer.Option(
+        "--subject", metavar="NAME", help="The subject to grow (repeat for more); default:"
+        " every subject whose include file does not exist yet.")] = None,
+    topics: Annotated[int, typer.Option(help="Topics to ask for at the first level.")] =
+        GROW_TOPICS,
+    depth: Annotated[int, typer.Option(help="Levels: 1 topics, 2 topics and their subtopics"
+                                       " (4 each), ...")] = 1,
+    out_dir: OutOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Write over an existing topics file"
+                                        " (its paid answers are reused).")] = False,
+    provider: Annotated[str | None, typer.Option(help="Override model.provider.")] = None,
+    model: Annotated[str | None, typer.Option(help="Override model.name.")] = None,
+    base_url: Annotated[list[str] | None, typer.Option(
+        metavar="URL", help="OpenAI-compatible endpoint.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Have the model propose a subject's topics, with key concepts, into a YAML file the spec
+    includes (subjects: - {name: ..., include: FILE}). Review and edit it, then plan and run.
+    Paid calls go through the run store and budget: a rerun sends nothing again."""
+    _at_least("--topics", topics, 1)
+    _at_least("--depth", depth, 1)
+    if depth > 3:
+        from textbook_gen.errors import ConfigError
+
+        raise ConfigError("--depth: at most 3 (each level multiplies the requests)")
+    from textbook_gen.errors import ConfigError
+    from textbook_gen.grow import run_grow
+    from textbook_gen.run import Overrides, apply_overrides, default_out_dir
+    from textbook_gen.ui import make_progress
+
+    s = apply_overrides(_load(spec, to_grow=True), Overrides(
+        provider=provider, model=model, base_url=base_url or []))
+    names = subject or s.to_grow
+    if not names:
+        raise ConfigError(f"{spec}: every subject has its topics (include files written"
+                          " before are kept: they may hold your edits); to grow one again,"
+                          " name it: --subject NAME --force (answers already paid for are"
+                          " reused)")
+    by_name = {x.name: x for x in s.subjects}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--subject {unknown[0]!r}: not a subject of {spec}; it has"
+                          f" {', '.join(repr(n) for n in by_name)}")
+    progress = make_progress(err, quiet=quiet)
+    written = run_grow(s, [by_name[n] for n in names], topics=topics, depth=depth,
+                       out_dir=Path(out_dir or default_out_dir(s)), progress=progress,
+                       force=force)
+    for (path, count), name in zip(written, names, strict=True):
+        hint = "" if by_name[name].include else (
+            f"; add `include: {path.name}` to subject {name!r} in {spec}")
+        err.print(f"[green]grew[/] {name}: {count} topics -> {escape(str(path))}{hint}",
+                  highlight=False)
+        out.print(str(path))
 
 
 @app.command()

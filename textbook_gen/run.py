@@ -74,6 +74,7 @@ def apply_overrides(spec: Curriculum, o: Overrides) -> Curriculum:
     except ValidationError as e:
         raise ConfigError("; ".join(_option_error(x) for x in e.errors())) from None
     new._source, new._sha256, new._lines = spec._source, spec._sha256, spec._lines
+    new._to_grow = spec._to_grow
     return new
 
 
@@ -129,6 +130,7 @@ class Plan:
     judge: JudgePlan | None = None
     sampled: int | None = None  # past PLAN_EXACT jobs: figures scaled from this many renders
     most: MostPlan | None = None  # the closed loop at every cap (None: one pass is all)
+    grow: GrowPlan | None = None  # subjects whose include file `grow` has yet to write
 
     @property
     def to_send(self) -> int:
@@ -189,6 +191,30 @@ class MostPlan:
             return gen
         judged = self.judge.cost(output_share)
         return None if judged is None else gen + judged
+
+
+@dataclass
+class GrowPlan:
+    """What ``grow`` would send for the subjects without a topics file, at its defaults."""
+
+    subjects: list[str]
+    requests: int
+    cost: float | None
+
+
+def _grow_plan(spec: Curriculum) -> GrowPlan | None:
+    if not spec.to_grow:
+        return None
+    from textbook_gen.grow import GROW_MAX_TOKENS, grow_request, grow_requests_at_most
+
+    renderer = PromptRenderer(spec)
+    subjects = [s for s in spec.subjects if s.name in spec.to_grow]
+    n = grow_requests_at_most(12, 1) * len(subjects)
+    tokens = sum(estimate_input_tokens(grow_request(spec, renderer, s, ("", ""), 12).messages)
+                 for s in subjects)
+    price = spec_price(spec)
+    cost = price.cost(tokens, GROW_MAX_TOKENS * n) if price is not None else None
+    return GrowPlan(list(spec.to_grow), n, cost)
 
 
 REVISE_PROMPT_TOKENS = 350  # the bundled revise template around the draft and critique
@@ -252,7 +278,7 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
             store.close()
     return Plan(t.jobs, t.by_kind, t.input_tokens, t.output_tokens, stored, spent,
                 spec_price(spec), t.examples, _judge_plan(spec, t.jobs, t.judged_tokens),
-                most=_most_plan(spec, t, 1.0))
+                most=_most_plan(spec, t, 1.0), grow=_grow_plan(spec))
 
 
 def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None, show: int,
@@ -279,7 +305,7 @@ def _plan_estimate(spec: Curriculum, renderer: PromptRenderer, limit: int | None
     return Plan(total, kinds, round(t.input_tokens * scale), round(t.output_tokens * scale),
                 stored, spent, spec_price(spec), t.examples,
                 _judge_plan(spec, total, round(t.judged_tokens * scale)), sampled=t.jobs,
-                most=_most_plan(spec, t, scale))
+                most=_most_plan(spec, t, scale), grow=_grow_plan(spec))
 
 
 def _most_plan(spec: Curriculum, t: _Tally, scale: float) -> MostPlan | None:

@@ -216,6 +216,7 @@ class Curriculum(_Strict):
     _source: Path = PrivateAttr(default=Path("<memory>"))
     _sha256: str = PrivateAttr(default="")
     _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
+    _to_grow: list[str] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Curriculum:
@@ -278,6 +279,11 @@ class Curriculum(_Strict):
             len(self.personas) if "persona" in doc.per else 1)
 
     @property
+    def to_grow(self) -> list[str]:
+        """Subjects whose include file does not exist yet (loaded with ``to_grow``)."""
+        return list(self._to_grow)
+
+    @property
     def source_path(self) -> Path:
         return self._source
 
@@ -306,13 +312,17 @@ def slugify(text: str) -> str:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_curriculum(path: str | Path) -> Curriculum:
-    """Read and validate a spec; raise ``SpecError`` listing every problem with its line."""
+def load_curriculum(path: str | Path, *, to_grow: bool = False) -> Curriculum:
+    """Read and validate a spec; raise ``SpecError`` listing every problem with its line.
+
+    ``to_grow``: a subject whose ``include`` file does not exist yet is not an error (``grow``
+    writes it); such subjects get a stand-in topic and are listed in ``spec.to_grow``."""
     path = Path(path)
     data, lines, raw = _read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError([f"{path}:1: the file must be a mapping of keys (name:, subjects:, ...)"])
-    parts = _resolve_parts(path, data, lines)
+    missing: list[str] = []
+    parts = _resolve_parts(path, data, lines, missing if to_grow else None)
     spec: Curriculum = _validate(path, data, lines, Curriculum)
     spec._source = path.resolve()
     digest = hashlib.sha256(raw)
@@ -320,11 +330,12 @@ def load_curriculum(path: str | Path) -> Curriculum:
         digest.update(part)
     spec._sha256 = digest.hexdigest()
     spec._lines = lines
+    spec._to_grow = missing
     return spec
 
 
-def _resolve_parts(path: Path, data: dict[str, Any],
-                   lines: dict[tuple[Any, ...], int]) -> list[bytes]:
+def _resolve_parts(path: Path, data: dict[str, Any], lines: dict[tuple[Any, ...], int],
+                   to_grow: list[str] | None = None) -> list[bytes]:
     """Read the files a spec names into it, before it is validated: ``personas: FILE`` (one
     per line; blank lines and # comments skipped) and each subject's ``include: FILE`` (a
     ``TopicFile``, validated on its own, so its errors name its own lines). Returns the bytes
@@ -341,8 +352,9 @@ def _resolve_parts(path: Path, data: dict[str, Any],
         try:
             return file, file.read_bytes()
         except OSError as e:
+            hint = (" (textbook-gen grow writes it)" if "include" in key else "")
             problems.append(f"{where}: cannot read {file} ({e.strerror or e}); the path is"
-                            f" relative to {path.name}")
+                            f" relative to {path.name}{hint}")
             return None
 
     personas = data.get("personas")
@@ -362,6 +374,13 @@ def _resolve_parts(path: Path, data: dict[str, Any],
                     problems.append(f"{file}: no personas in it (one per line)")
     for i, subject in enumerate(data.get("subjects") or []):
         if not isinstance(subject, dict) or "include" not in subject:
+            continue
+        name = subject.get("include")
+        if (to_grow is not None and isinstance(name, str) and name.strip()
+                and not (path.parent / name).exists()):
+            to_grow.append(str(subject.get("name")))
+            if not subject.get("topics"):
+                subject["topics"] = [str(subject.get("name") or "topic")]
             continue
         found = read(("subjects", i, "include"), subject["include"])
         if found is None:
