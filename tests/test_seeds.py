@@ -163,3 +163,10 @@ def test_a_seed_file_without_the_text_field_is_one_message(write_spec, tmp_path)
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no 'text' text field" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_validate_names_a_missing_seed_file_with_its_line(write_spec, tmp_path):
+    path = write_spec(SPEC % ("rivers", "topic"))
+    proc = subprocess.run([sys.executable, "-m", "textbook_gen", "validate", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and f"{path}:10: seeds.path:" in proc.stderr, proc.stderr

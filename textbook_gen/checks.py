@@ -21,6 +21,13 @@ def spec_problems(spec: Curriculum, renderer: PromptRenderer | None = None) -> l
                             " to the spec file)")
         elif not _readable(path):
             problems.append(f"{where}: benchmark file {path} cannot be read")
+    if spec.seeds is not None:
+        path = base / spec.seeds.path
+        if not path.exists():
+            problems.append(f"{spec.where('seeds', 'path')}: seeds.path: {path} does not exist"
+                            " (paths are relative to the spec file)")
+        elif path.is_file() and not _readable(path):
+            problems.append(f"{spec.where('seeds', 'path')}: seeds.path: {path} cannot be read")
     return problems
 
 

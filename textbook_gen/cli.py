@@ -437,8 +437,9 @@ def examples(
     from textbook_gen.prompts import data_dir
 
     source = data_dir("curricula")
+    specs = sorted(p for p in source.rglob("*.yaml") if not p.name.endswith(".topics.yaml"))
     if copy_to is None:
-        for path in sorted(source.glob("*.yaml")):
+        for path in specs:
             first = path.read_text("utf-8").splitlines()[0].lstrip("# ")
             out.print(f"{path}  [dim]{escape(first)}[/]")
         out.print("[dim]copy them with: textbook-gen examples --copy DIR[/]")
@@ -446,7 +447,7 @@ def examples(
     plan = [*_tree(source, copy_to), *_tree(data_dir("prompts"), copy_to / "prompts")]
     _refuse_overwrite([dest for _, dest in plan], force, "Copy into an empty folder")
     _copy(plan)
-    out.print(f"copied {len(list(source.glob('*.yaml')))} curricula and the bundled prompts/ to"
+    out.print(f"copied {len(specs)} curricula and the bundled prompts/ to"
               f" {copy_to} (a spec uses the prompts there with  templates: prompts)")
 
 
