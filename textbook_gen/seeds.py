@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import sqlite3
@@ -115,7 +116,7 @@ class SeedIndex:
     def _build(self) -> None:
         """Stream the seed file into a new index, written aside and renamed into place."""
         self.index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.index_path.with_suffix(".building")
+        tmp = self.index_path.with_suffix(f".building-{os.getpid()}")  # plan and run may race
         tmp.unlink(missing_ok=True)
         db = sqlite3.connect(tmp)
         try:
