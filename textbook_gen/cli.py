@@ -201,8 +201,8 @@ def grow(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Have the model propose a subject's topics, with key concepts, into a YAML file the spec
-    includes (subjects: - {name: ..., include: FILE}). Review and edit it, then plan and run.
-    Paid calls go through the run store and budget: a rerun sends nothing again."""
+    includes (the subject's include: key). Review and edit it, then plan and run. Paid calls
+    go through the run store and budget: a rerun sends nothing again."""
     _at_least("--topics", topics, 1)
     _at_least("--depth", depth, 1)
     if depth > 3:
