@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from textbook_gen.errors import ConfigError, InputError, Interrupted
+from textbook_gen.errors import ConfigError, InputError
 from textbook_gen.expand import job_seed
 from textbook_gen.ledger import Ledger
 from textbook_gen.progress import Progress
@@ -154,9 +154,8 @@ def write_topics(path: Path, text: str) -> None:
 def run_grow(spec: Curriculum, subjects: list[Subject], *, topics: int, depth: int,
              out_dir: Path, progress: Progress, force: bool = False) -> list[tuple[Path, int]]:
     """Grow each subject through the run store (cached) and the ledger; write its file."""
-    from textbook_gen.engine import Engine
-    from textbook_gen.generator import WorkItem, drive
-    from textbook_gen.run import check_provider, make_providers, spec_price
+    from textbook_gen.generator import WorkItem
+    from textbook_gen.run import check_provider, send_side_stage
     from textbook_gen.store import RunStore
 
     paths = [target_file(spec, s) for s in subjects]
@@ -172,14 +171,7 @@ def run_grow(spec: Curriculum, subjects: list[Subject], *, topics: int, depth: i
 
         def ask(reqs: list[Request]) -> list[str | None]:
             items = [WorkItem(f"grow:{r.key[:16]}", r, "grow") for r in reqs]
-            engine = Engine(make_providers(spec), store, spec.engine, spec_price(spec),
-                            ledger=ledger, stage="grow")
-            stats = drive(engine, iter(items), len(items), progress, "grow")
-            if stats.stop_reason == "budget":
-                raise ledger.exceeded(stats.done, stats.total)
-            if stats.stop_reason == "interrupted":
-                raise Interrupted("stopped while growing; every answer received is stored."
-                                  " Run the same command again to continue.")
+            send_side_stage(spec, store, ledger, items, progress, "grow", "growing")
             out: list[str | None] = []
             for r in reqs:
                 got = store.get_response(r.key)

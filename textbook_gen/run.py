@@ -389,6 +389,23 @@ def make_providers(spec: Curriculum) -> list[Provider]:
     ]
 
 
+def send_side_stage(spec: Curriculum, store: RunStore, ledger: Ledger, items: list[WorkItem],
+                    progress: Progress, stage: str, doing: str) -> None:
+    """Send a side stage's requests (judge, grow) to ``spec``'s model through the engine, the
+    run store and the ledger; a budget stop or Ctrl-C raises, saying that what arrived is
+    stored."""
+    from textbook_gen.engine import Engine
+
+    engine = Engine(make_providers(spec), store, spec.engine, spec_price(spec), ledger=ledger,
+                    stage=stage)
+    stats = drive(engine, iter(items), len(items), progress, stage)
+    if stats.stop_reason == "budget":
+        raise ledger.exceeded(stats.done, stats.total)
+    if stats.stop_reason == "interrupted":
+        raise Interrupted(f"stopped while {doing}; every answer received is stored. Run the"
+                          " same command again to continue.")
+
+
 def _check_paid_stages(spec: Curriculum, batch: bool) -> None:
     """Everything that can refuse the run does so before anything is paid."""
     if batch and not provider_class(spec.model.provider).supports_batch:

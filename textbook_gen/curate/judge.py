@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from textbook_gen.errors import Interrupted
 from textbook_gen.providers.base import Request
 
 if TYPE_CHECKING:
@@ -115,13 +114,11 @@ def make_judge(spec: Curriculum, store: RunStore, progress: Progress, ledger: Le
 
     A judge whose first answers mostly carry no score cannot judge: it stops the run with
     ``JudgeUnusable`` instead of rejecting every document as unscored."""
-    from textbook_gen.engine import Engine
     from textbook_gen.errors import JudgeUnusable
-    from textbook_gen.generator import WorkItem, drive
-    from textbook_gen.run import make_providers, spec_price
+    from textbook_gen.generator import WorkItem
+    from textbook_gen.run import send_side_stage
 
     judge_spec = spec.model_copy(update={"model": judge_model(spec)})
-    price = spec_price(judge_spec)
     max_tokens = spec.curation.judge.max_tokens
     seen = {"answers": 0, "unscored": 0}
 
@@ -129,14 +126,7 @@ def make_judge(spec: Curriculum, store: RunStore, progress: Progress, ledger: Le
         items = [WorkItem(f"judge:{r['id']}", judge_request(r, judge_spec.model, max_tokens))
                  for r in records]
         if pay:
-            engine = Engine(make_providers(judge_spec), store, spec.engine, price, ledger=ledger,
-                            stage="judge")
-            stats = drive(engine, iter(items), len(items), progress, "judge")
-            if stats.stop_reason == "budget":
-                raise ledger.exceeded(stats.done, stats.total)
-            if stats.stop_reason == "interrupted":
-                raise Interrupted("stopped while judging; every score received is stored. Run"
-                                  " the same command again to continue.")
+            send_side_stage(judge_spec, store, ledger, items, progress, "judge", "judging")
         scores: dict[str, JudgeScore] = {}
         for r, item in zip(records, items, strict=True):
             stored = store.get_response(item.request.key)
