@@ -181,6 +181,66 @@ def _judge_warning(s: Any) -> str | None:
 GROW_TOPICS = 12
 
 
+@app.command("export")
+def export_(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (or curate outputs) to"
+                                               " export, mixed with --weights.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
+                                          help="A new folder for the export.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT",
+                                     help="datatrove, megatron, llmc, npy (tokens), or hf"
+                                     " (Parquet splits and a dataset card).")] = "hf",
+    tokenizer: Annotated[str | None, typer.Option(
+        metavar="TOKENIZER", help="A Hugging Face tokenizer.json, or tiktoken:cl100k_base"
+        " (bundled offline).")] = None,
+    eos: Annotated[str | None, typer.Option(metavar="TOKEN", help="The end-of-text token"
+                                            " written after each document (default: the"
+                                            " tokenizer's own).")] = None,
+    no_eos: Annotated[bool, typer.Option("--no-eos", help="No token between documents.")]
+        = False,
+    kinds: Annotated[list[str] | None, typer.Option("--kind", metavar="KIND",
+                                                    help="Only this kind (repeat).")] = None,
+    min_score: Annotated[float | None, typer.Option(metavar="N",
+                                                    help="Only judge scores of N or more.")]
+        = None,
+    verified_only: Annotated[bool, typer.Option("--verified-only",
+                                                help="Only documents whose exercises passed.")]
+        = False,
+    validation: Annotated[float, typer.Option(metavar="FRACTION", help="Share of documents"
+                                              " in a validation split (by a hash of the id).")]
+        = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffle, the split and the mix.")] = 0,
+    no_shuffle: Annotated[bool, typer.Option("--no-shuffle", help="Keep the corpus's order.")]
+        = False,
+    weights: Annotated[str | None, typer.Option(metavar="W1,W2,...", help="Mixing weights, one"
+                                                " per run: each run's share of the documents.")]
+        = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write a corpus as a training job reads it: tokenized shards (datatrove, megatron, llmc,
+    npy) or a Hugging Face datasets folder with a dataset card. Streams; memory does not grow
+    with the corpus's text."""
+    from textbook_gen.errors import ConfigError
+    from textbook_gen.export import Selection, export
+
+    w = None
+    if weights:
+        try:
+            w = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights {weights!r}: comma-separated numbers, e.g. 0.7,0.3"
+                              ) from None
+    result = export(runs, out_dir, fmt=fmt, tokenizer=tokenizer, eos=eos, add_eos=not no_eos,
+                    selection=Selection(tuple(kinds or ()), min_score, verified_only,
+                                        validation, seed),
+                    shuffle=not no_shuffle, weights=w, force=force)
+    for name, sp in result.manifest["splits"].items():
+        tokens = f", {sp['tokens']:,} tokens" if sp["tokens"] is not None else ""
+        err.print(f"[green]exported[/] {name}: {sp['documents']:,} documents{tokens},"
+                  f" {len(sp['files'])} file(s)", highlight=False)
+    out.print(str(result.out))
+
+
 @app.command()
 def grow(
     spec: SpecArg,

@@ -1,0 +1,428 @@
+"""``textbook-gen export``: hand a corpus to a training job as it is.
+
+Token formats (one token file per split, EOS after each document, dtype from the vocabulary):
+
+- ``datatrove``: ``<split>/00000_<split>.ds`` (little-endian uint16/uint32 tokens), ``.ds.index``
+  (uint64 document ends, in tokens) and ``.ds.metadata`` (``tokenizer|token size``, count):
+  the layout datatrove's DocumentTokenizer writes and nanotron reads;
+- ``megatron``: ``<split>_text_document.bin`` and ``.idx`` (``MMIDIDX`` index, version 1,
+  uint16 below a vocabulary of 65,500 else int32; one sequence per document), as
+  megatron-core's IndexedDataset reads;
+- ``llmc``: ``<split>_000000.bin``, a 256 x int32 header (magic 20240520 version 1 for uint16
+  tokens, 20240801 version 7 for uint32) then the tokens, as llm.c's loaders read;
+- ``npy``: ``<split>/tokens.npy`` (a NumPy array, memory-mappable) and ``doc_ends.npy``.
+
+``hf``: ``data/<split>-NNNNN-of-MMMMM.parquet`` and a ``README.md`` dataset card whose YAML
+header names the splits, so ``datasets.load_dataset(folder)`` loads it with no argument.
+
+Records stream from the runs' shards; selection (kinds, judge score, verified) and the
+validation split are decided per document from a hash of its id and the seed, so splits are
+disjoint and stable. Shuffling needs every document's place: the texts (hf) or tokens go to a
+spool file first and are written in a seeded permutation, so memory holds a few numbers per
+document (offsets and lengths), never the corpus. Everything is built in a folder beside
+``--out`` and renamed into place with its manifest (``export.json``) last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textbook_gen import __version__
+from textbook_gen.errors import ConfigError, InputError
+
+FORMATS = ("datatrove", "megatron", "llmc", "npy", "hf")
+BATCH = 1000
+EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", "[SEP]")
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+@dataclass
+class Tokenizer:
+    """A tokenizer as export uses it: batch encoding, its EOS id and its identity."""
+
+    spec: str
+    name: str
+    sha256: str
+    vocab_size: int
+    eos_id: int | None
+    _encode: Any
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        out: list[list[int]] = self._encode(texts)
+        return out
+
+    @property
+    def dtype(self) -> Any:
+        return np.uint16 if self.vocab_size <= 65536 else np.uint32
+
+
+def load_tokenizer(spec: str, eos: str | None = None) -> Tokenizer:
+    """``tiktoken:<encoding>`` (offline encodings) or a Hugging Face ``tokenizer.json``."""
+    if spec.startswith("tiktoken:"):
+        return _tiktoken(spec, spec.split(":", 1)[1], eos)
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        raise ConfigError(f"--tokenizer {spec}: the tokenizer inside a .gguf file is not read"
+                          " yet; give the model's tokenizer.json, or tiktoken:cl100k_base")
+    if not path.is_file():
+        raise ConfigError(f"--tokenizer {spec}: no such file; give a tokenizer.json (Hugging"
+                          " Face tokenizers) or tiktoken:<encoding>")
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+    except ImportError:
+        raise ConfigError("--tokenizer FILE needs Hugging Face's tokenizers: pip install"
+                          " 'textbook-gen[export]'") from None
+    raw = path.read_bytes()
+    try:
+        tok = HFTokenizer.from_str(raw.decode("utf-8"))
+    except (UnicodeDecodeError, Exception) as e:  # noqa: BLE001 - the library raises plain Exception
+        raise InputError(f"--tokenizer {spec}: not a Hugging Face tokenizer.json ({str(e)[:200]})"
+                         ) from None
+    eos_id = None
+    for name in ([eos] if eos else EOS_NAMES):
+        eos_id = tok.token_to_id(name)
+        if eos_id is not None:
+            break
+    if eos_id is None and eos:
+        raise ConfigError(f"--eos {eos!r}: not a token of {spec}")
+    if eos_id is None:
+        raise ConfigError(f"--tokenizer {spec}: no end-of-text token among {', '.join(EOS_NAMES)};"
+                          " name it with --eos TOKEN, or pass --no-eos")
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+    return Tokenizer(spec, path.name, hashlib.sha256(raw).hexdigest(), tok.get_vocab_size(),
+                     eos_id, encode)
+
+
+def _tiktoken(spec: str, name: str, eos: str | None) -> Tokenizer:
+    import tiktoken
+
+    try:
+        enc = tiktoken.get_encoding(f"{name}_offline")
+    except (KeyError, ValueError):
+        try:
+            enc = tiktoken.get_encoding(name)
+        except Exception as e:  # noqa: BLE001 - tiktoken tries to download unknown encodings
+            raise ConfigError(f"--tokenizer {spec}: encoding {name!r} is not available offline"
+                              f" ({str(e)[:120]}); cl100k_base is bundled") from None
+    eos_id = enc.encode_single_token(eos) if eos else enc.eot_token
+    digest = hashlib.sha256()
+    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
+        digest.update(token + rank.to_bytes(4, "little"))
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
+
+    return Tokenizer(spec, name, digest.hexdigest(), enc.n_vocab, eos_id, encode)
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True)
+class Selection:
+    kinds: tuple[str, ...] = ()
+    min_score: float | None = None
+    verified_only: bool = False
+    validation: float = 0.0
+    seed: int = 0
+
+    def keeps(self, r: dict[str, Any]) -> bool:
+        q = r.get("quality") or {}
+        if self.kinds and r.get("kind") not in self.kinds:
+            return False
+        if self.min_score is not None:
+            score = q.get("judge_score")
+            if score is None or score < self.min_score:
+                return False
+        return not (self.verified_only and q.get("verified") is not True)
+
+    def split(self, rid: str) -> str:
+        if self.validation <= 0:
+            return "train"
+        return "validation" if _unit(f"{self.seed}:split:{rid}") < self.validation else "train"
+
+
+def _unit(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def _sources(runs: list[Path], weights: list[float] | None,
+             sel: Selection) -> Iterator[dict[str, Any]]:
+    """Selected records of every run; with weights, each run's share of the documents is its
+    weight (a seeded sample of each run, no document repeated)."""
+    from textbook_gen.shards import iter_records
+
+    if weights is None:
+        for run in runs:
+            for r in iter_records(run):
+                if sel.keeps(r):
+                    yield r
+        return
+    if len(weights) != len(runs) or any(w <= 0 for w in weights):
+        raise ConfigError(f"--weights: give one positive weight per run ({len(runs)})")
+    keys = [np.array([_unit(f"{sel.seed}:mix:{r.get('id')}") for r in iter_records(run)
+                      if sel.keeps(r)]) for run in runs]
+    total = sum(weights)
+    shares = [w / total for w in weights]
+    n = min(len(k) / s for k, s in zip(keys, shares, strict=True))  # the largest mix that fits
+    for run, k, share in zip(runs, keys, shares, strict=True):
+        take = int(n * share)
+        cut = np.sort(k)[take - 1] if take else -1.0
+        for r in iter_records(run):
+            if sel.keeps(r) and _unit(f"{sel.seed}:mix:{r.get('id')}") <= cut:
+                yield r
+
+
+# ----------------------------------------------------------------------------- spool
+
+
+@dataclass
+class _Spool:
+    """Per split: tokens (or record lines) appended to a file; per document its offset and
+    length, so the split can be written back in any order."""
+
+    path: Path
+    itemsize: int
+    offsets: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    written: int = 0
+
+    def __post_init__(self) -> None:
+        self.f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+
+    def add(self, data: bytes) -> None:
+        self.offsets.append(self.written)
+        self.lengths.append(len(data) // self.itemsize)
+        self.f.write(data)
+        self.written += len(data)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def order(self, seed: int, shuffle: bool) -> np.ndarray:
+        n = len(self.offsets)
+        return np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: Path,
+                  tok: Tokenizer) -> tuple[list[Path], int]:
+    dtype = np.dtype(tok.dtype).newbyteorder("<")
+    if fmt == "megatron" and tok.vocab_size >= 65500:
+        dtype = np.dtype("<i4")  # megatron-core's DType.optimal_dtype: int32 past 65,500
+    data = np.memmap(spool.path, dtype=np.dtype(tok.dtype).newbyteorder("<"), mode="r") \
+        if spool.written else np.zeros(0, dtype)
+    lengths = np.asarray(spool.lengths, dtype=np.int64)[order]
+    offsets = np.asarray(spool.offsets, dtype=np.int64)[order] // spool.itemsize
+    total = int(lengths.sum())
+
+    def stream(f: Any, header: bytes = b"") -> None:
+        f.write(header)
+        for o, n in zip(offsets, lengths, strict=True):
+            f.write(np.asarray(data[o:o + n], dtype=dtype).tobytes())
+
+    files: list[Path] = []
+    if fmt == "datatrove":
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        ds = folder / f"00000_{split}.ds"
+        with open(ds, "wb") as f:
+            stream(f)
+        (folder / f"{ds.name}.index").write_bytes(np.cumsum(lengths).astype("<u8").tobytes())
+        (folder / f"{ds.name}.metadata").write_text(
+            f"{tok.name}|{dtype.itemsize}\n{total}\n{total:,} tokens")
+        files += [ds, folder / f"{ds.name}.index", folder / f"{ds.name}.metadata"]
+    elif fmt == "megatron":
+        prefix = out / f"{split}_text_document"
+        with open(prefix.with_suffix(".bin"), "wb") as f:
+            stream(f)
+        code = 8 if dtype == np.dtype("<u2") else 4
+        pointers = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("<i8") * dtype.itemsize \
+            if len(lengths) else np.zeros(0, "<i8")
+        with open(prefix.with_suffix(".idx"), "wb") as f:
+            f.write(b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + struct.pack("<B", code))
+            f.write(struct.pack("<Q", len(lengths)) + struct.pack("<Q", len(lengths) + 1))
+            f.write(lengths.astype("<i4").tobytes() + pointers.astype("<i8").tobytes())
+            f.write(np.arange(len(lengths) + 1, dtype="<i8").tobytes())
+        files += [prefix.with_suffix(".bin"), prefix.with_suffix(".idx")]
+    elif fmt == "llmc":
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = (20240520, 1, total) if dtype.itemsize == 2 else (20240801, 7, total)
+        path = out / f"{split}_000000.bin"
+        with open(path, "wb") as f:
+            stream(f, header.tobytes())
+        files.append(path)
+    elif fmt == "npy":
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        arr = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=dtype,
+                                        shape=(total,))
+        at = 0
+        for o, n in zip(offsets, lengths, strict=True):
+            arr[at:at + n] = data[o:o + n]
+            at += int(n)
+        arr.flush()
+        del arr
+        np.save(folder / "doc_ends.npy", np.cumsum(lengths).astype(np.uint64))
+        files += [folder / "tokens.npy", folder / "doc_ends.npy"]
+    return files, total
+
+
+def _write_hf(spool: _Spool, order: np.ndarray, split: str, out: Path,
+              per_shard: int = 50_000) -> list[Path]:
+    import pyarrow.parquet as pq
+
+    from textbook_gen.shards import arrow_table
+
+    folder = out / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(order)
+    shards = max(1, -(-n // per_shard))
+    files = []
+    with open(spool.path, "rb") as f:
+        for s in range(shards):
+            rows = []
+            for i in order[s * per_shard:(s + 1) * per_shard]:
+                f.seek(spool.offsets[i])
+                rows.append(json.loads(f.read(spool.lengths[i])))
+            path = folder / f"{split}-{s:05d}-of-{shards:05d}.parquet"
+            pq.write_table(arrow_table(rows), path, compression="zstd")
+            files.append(path)
+    return files
+
+
+# ----------------------------------------------------------------------------- the export
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+
+
+def export(runs: list[Path], out: Path, *, fmt: str, tokenizer: str | None = None,
+           eos: str | None = None, add_eos: bool = True, selection: Selection = Selection(),
+           shuffle: bool = True, weights: list[float] | None = None,
+           force: bool = False, progress: Any = None) -> ExportResult:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
+    if not 0 <= selection.validation < 1:
+        raise ConfigError("--validation: a fraction, at least 0 and under 1")
+    if fmt != "hf" and tokenizer is None:
+        raise ConfigError(f"--format {fmt} needs --tokenizer (a tokenizer.json or"
+                          " tiktoken:cl100k_base)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out}: exists and is not empty; give a new folder, or --force"
+                          " to replace it")
+    tok = load_tokenizer(tokenizer, eos) if fmt != "hf" and tokenizer else None
+    work = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        manifest = _build(runs, work, fmt, tok, add_eos, selection, shuffle, weights, progress)
+        (work / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            work.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(out, manifest)
+
+
+def _build(runs: list[Path], work: Path, fmt: str, tok: Tokenizer | None, add_eos: bool,
+           sel: Selection, shuffle: bool, weights: list[float] | None,
+           progress: Any) -> dict[str, Any]:
+    from textbook_gen.shards import dumps
+
+    itemsize = np.dtype(tok.dtype).itemsize if tok is not None else 1
+    spools = {s: _Spool(work / f".spool-{s}", itemsize) for s in ("train", "validation")}
+    eos = [tok.eos_id] if tok is not None and add_eos and tok.eos_id is not None else []
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if tok is None:
+            for r in batch:
+                spools[sel.split(str(r.get("id")))].add((dumps(r) + "\n").encode("utf-8"))
+        else:
+            ids = tok.encode_batch([str(r.get("text", "")) for r in batch])
+            for r, t in zip(batch, ids, strict=True):
+                arr = np.asarray(t + eos, dtype=np.dtype(tok.dtype).newbyteorder("<"))
+                spools[sel.split(str(r.get("id")))].add(arr.tobytes())
+        batch.clear()
+
+    for seen, r in enumerate(_sources(runs, weights, sel), 1):
+        batch.append(r)
+        if len(batch) >= BATCH:
+            flush()
+            if progress is not None:
+                progress("tokenize" if tok else "read", seen, 0)
+    flush()
+    splits: dict[str, Any] = {}
+    for name, spool in spools.items():
+        spool.close()
+        if name == "validation" and not spool.offsets:
+            continue
+        order = spool.order(sel.seed, shuffle)
+        if tok is None:
+            files = _write_hf(spool, order, name, work)
+            tokens = None
+        else:
+            files, tokens = _write_tokens(fmt, spool, order, name, work, tok)
+        spool.path.unlink()
+        splits[name] = {"documents": len(spool.offsets), "tokens": tokens,
+                        "files": [{"name": str(f.relative_to(work)), "bytes": f.stat().st_size,
+                                   "sha256": _sha(f)} for f in files]}
+    if not any(s["documents"] for s in splits.values()):
+        raise InputError(f"nothing to export: no record of {', '.join(map(str, runs))} passes the"
+                         " selection (--kinds, --min-score, --verified-only)")
+    manifest = {
+        "tool": f"textbook-gen {__version__}",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "format": fmt,
+        "sources": [{"path": str(r), "weight": weights[i] if weights else None}
+                    for i, r in enumerate(runs)],
+        "selection": {"kinds": list(sel.kinds), "min_score": sel.min_score,
+                      "verified_only": sel.verified_only, "validation": sel.validation,
+                      "seed": sel.seed, "shuffle": shuffle},
+        "tokenizer": None if tok is None else {
+            "spec": tok.spec, "name": tok.name, "sha256": tok.sha256,
+            "vocab_size": tok.vocab_size, "eos_id": tok.eos_id if eos else None,
+            "dtype": np.dtype(tok.dtype).name},
+        "splits": splits,
+    }
+    if fmt == "hf":
+        from textbook_gen.card import write_card
+
+        write_card(work, runs, manifest)
+    return manifest
