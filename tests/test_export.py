@@ -29,8 +29,9 @@ tokenizers = pytest.importorskip("tokenizers", reason="export tests need the tok
 from textbook_gen.export import Selection, export, load_tokenizer  # noqa: E402
 from textbook_gen.shards import Build  # noqa: E402
 
-WORDS = ("the river carries sand to the sea where waves sort grains by size and shape while "
-         "wind lifts dust from dry plains and ice grinds rock into flour").split()
+WORDS = ["the", "river", "carries", "sand", "to", "the", "sea", "where", "waves", "sort",
+         "grains", "by", "size", "and", "shape", "while", "wind", "lifts", "dust", "from", "dry",
+         "plains", "and", "ice", "grinds", "rock", "into", "flour"]
 
 
 def _make_run(path: Path, n: int, prefix: str = "d", seed: int = 0) -> Path:
