@@ -238,16 +238,23 @@ def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: P
     dtype = np.dtype(tok.dtype).newbyteorder("<")
     if fmt == "megatron" and tok.vocab_size >= 65500:
         dtype = np.dtype("<i4")  # megatron-core's DType.optimal_dtype: int32 past 65,500
-    data = np.memmap(spool.path, dtype=np.dtype(tok.dtype).newbyteorder("<"), mode="r") \
-        if spool.written else np.zeros(0, dtype)
+    spooled = np.dtype(tok.dtype).newbyteorder("<")
     lengths = np.asarray(spool.lengths, dtype=np.int64)[order]
-    offsets = np.asarray(spool.offsets, dtype=np.int64)[order] // spool.itemsize
+    offsets = np.asarray(spool.offsets, dtype=np.int64)[order]  # in bytes
     total = int(lengths.sum())
+    fd = os.open(spool.path, os.O_RDONLY)
+
+    def docs() -> Iterator[np.ndarray]:
+        """The documents in the new order, read one by one (a memory map of the spool would
+        count every page it touched in the process's memory)."""
+        for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True):
+            raw = os.pread(fd, n * spool.itemsize, o)
+            yield np.frombuffer(raw, spooled).astype(dtype, copy=False)
 
     def stream(f: Any, header: bytes = b"") -> None:
         f.write(header)
-        for o, n in zip(offsets, lengths, strict=True):
-            f.write(np.asarray(data[o:o + n], dtype=dtype).tobytes())
+        for doc in docs():
+            f.write(doc.tobytes())
 
     files: list[Path] = []
     if fmt == "datatrove":
@@ -283,16 +290,14 @@ def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: P
     elif fmt == "npy":
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
-        arr = np.lib.format.open_memmap(folder / "tokens.npy", mode="w+", dtype=dtype,
-                                        shape=(total,))
-        at = 0
-        for o, n in zip(offsets, lengths, strict=True):
-            arr[at:at + n] = data[o:o + n]
-            at += int(n)
-        arr.flush()
-        del arr
+        with open(folder / "tokens.npy", "wb") as f:  # an .npy header, then the tokens
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                    "shape": (total,)})
+            stream(f)
         np.save(folder / "doc_ends.npy", np.cumsum(lengths).astype(np.uint64))
         files += [folder / "tokens.npy", folder / "doc_ends.npy"]
+    os.close(fd)
     return files, total
 
 
