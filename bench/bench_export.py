@@ -30,14 +30,20 @@ WORDS = ["the", "river", "carries", "sand", "to", "sea", "where", "waves", "sort
          "erosion", "sediment", "layer", "pressure", "heat", "crystal", "mineral", "fossil"]
 
 CHILD = """
-import json, resource, sys, time
+def hwm_mb():
+    # VmHWM: the peak of this process image (ru_maxrss would carry the parent's peak
+    # across fork and exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+import json, sys, time
 from pathlib import Path
 from textbook_gen.export import export
 t = time.perf_counter()
 r = export([Path(sys.argv[1])], Path(sys.argv[2]), fmt="datatrove", tokenizer=sys.argv[3])
 took = time.perf_counter() - t
 print(json.dumps({"s": took, "tokens": r.manifest["splits"]["train"]["tokens"],
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_mb": hwm_mb()}))
 """
 
 

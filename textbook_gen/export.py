@@ -247,9 +247,12 @@ def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: P
     def docs() -> Iterator[np.ndarray]:
         """The documents in the new order, read one by one (a memory map of the spool would
         count every page it touched in the process's memory)."""
-        for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True):
-            raw = os.pread(fd, n * spool.itemsize, o)
-            yield np.frombuffer(raw, spooled).astype(dtype, copy=False)
+        for at in range(0, len(offsets), 65536):  # Python ints for one chunk at a time
+            chunk = zip(offsets[at:at + 65536].tolist(), lengths[at:at + 65536].tolist(),
+                        strict=True)
+            for o, n in chunk:
+                raw = os.pread(fd, n * spool.itemsize, o)
+                yield np.frombuffer(raw, spooled).astype(dtype, copy=False)
 
     def stream(f: Any, header: bytes = b"") -> None:
         f.write(header)
