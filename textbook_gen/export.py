@@ -34,6 +34,7 @@ import struct
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,16 @@ class _Spool:
         self.f.write(data)
         self.written += len(data)
 
+    def add_many(self, data: bytes, lengths: list[int]) -> None:
+        """Several documents at once: their bytes end to end, and their lengths in items."""
+        at = self.written
+        for n in lengths:
+            self.offsets.append(at)
+            self.lengths.append(n)
+            at += n * self.itemsize
+        self.f.write(data)
+        self.written += len(data)
+
     def close(self) -> None:
         self.f.close()
 
@@ -386,9 +397,15 @@ def _build(runs: list[Path], work: Path, fmt: str, tok: Tokenizer | None, add_eo
                 spools[sel.split(str(r.get("id")))].add((dumps(r) + "\n").encode("utf-8"))
         else:
             ids = tok.encode_batch([str(r.get("text", "")) for r in batch])
+            by_split: dict[str, list[list[int]]] = {}
             for r, t in zip(batch, ids, strict=True):
-                arr = np.asarray(t + eos, dtype=np.dtype(tok.dtype).newbyteorder("<"))
-                spools[sel.split(str(r.get("id")))].add(arr.tobytes())
+                by_split.setdefault(sel.split(str(r.get("id"))), []).append(t)
+            for name, docs in by_split.items():  # one array and one write a batch and split
+                lengths = [len(t) + len(eos) for t in docs]
+                flat = np.fromiter(chain.from_iterable(t + eos for t in docs),
+                                   dtype=np.dtype(tok.dtype).newbyteorder("<"),
+                                   count=sum(lengths))
+                spools[name].add_many(flat.tobytes(), lengths)
         batch.clear()
 
     for seen, r in enumerate(_sources(runs, weights, sel), 1):
