@@ -82,6 +82,17 @@ def count_tokens(text: str) -> int:
     return len(_encoding().encode(text, disallowed_special=()))
 
 
+def count_tokens_batch(texts: list[str], threads: int | None = None) -> list[int]:
+    """Token counts of many texts at once, on every core (tiktoken's batch encode runs its
+    Rust encoder in a thread pool, outside the GIL). Special tokens count as text, as in
+    ``count_tokens``."""
+    import os
+
+    enc = _encoding()
+    return [len(t) for t in enc.encode_ordinary_batch(texts, num_threads=threads or
+                                                       os.cpu_count() or 1)]
+
+
 @lru_cache(maxsize=64)
 def _count_system(text: str) -> int:
     return count_tokens(text)

@@ -58,8 +58,10 @@ class LengthFilter(Filter):
         self.min_tokens, self.max_tokens = min_tokens, max_tokens
 
     def filter(self, record: Record) -> Verdict:
-        tokens = count_tokens(record.get("text", ""))
-        record.setdefault("quality", {})["tokens"] = tokens
+        q = record.setdefault("quality", {})
+        tokens = q.get("tokens")  # counted for a whole chunk at once by the pipeline
+        if not isinstance(tokens, int):
+            tokens = q["tokens"] = count_tokens(record.get("text", ""))
         if tokens < self.min_tokens:
             return False, f"too_short ({tokens} < {self.min_tokens} tokens)"
         if self.max_tokens is not None and tokens > self.max_tokens:
