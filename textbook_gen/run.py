@@ -588,16 +588,3 @@ def _raise_stopped(stop: str, alarms: list[Alarm], out_dir: Path, store: RunStor
     raise Interrupted(
         f"stopped: {s.done}/{s.total} jobs done, every answer received is stored in"
         f" {store.path}. Run the same command again to continue where it stopped.")
-
-
-def _cell(job: Job) -> str:
-    return "/".join(x for x in (job.topic or job.subject, job.audience, job.style) if x)
-
-
-def job_failures(spec: Curriculum, store: RunStore,
-                 limit: int | None) -> list[tuple[str, str, str]]:
-    """(job id, kind, reason) of every job of the spec (the loop's rounds replayed from the
-    store) that did not end with an answer."""
-    from textbook_gen.loop import Loop
-
-    return Loop(spec, PromptRenderer(spec), store, limit).job_failures()
