@@ -27,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from peak import PEAK_RSS  # noqa: E402
+
 from textbook_gen.curate.dedup import (  # noqa: E402
     Deduplicator,
     jaccard,
@@ -85,8 +87,8 @@ def write_corpus(path: Path, docs: int, seed: int = 7) -> dict:
     return {"docs": docs, "planted": planted}
 
 
-CHILD = r"""
-import io, json, resource, sys, time, zstandard
+CHILD = PEAK_RSS + r"""
+import io, json, sys, time, zstandard
 from textbook_gen.curate.dedup import Deduplicator
 path, threshold = sys.argv[1], float(sys.argv[2])
 def stream():
@@ -108,7 +110,7 @@ t3 = time.perf_counter()
 print(json.dumps({"signature_s": t1 - t0, "buckets_s": t2 - t1, "confirm_s": t3 - t2,
     "total_s": t3 - t0, "candidates": int(len(pairs)),
     "dropped": [[x.index, x.kept] for x in dropped],
-    "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    "maxrss_mb": peak_rss_mb()}))
 """
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from peak import PEAK_RSS  # noqa: E402
+
 
 class Server:
     """tests/fakeapi.py in its own process, so it does not share our CPU core or GIL."""
@@ -98,7 +100,7 @@ def ours(url: str, n: int, concurrency: int, *, limit: int | None = None,
     with tempfile.TemporaryDirectory() as tmp:
         spec = write_spec(Path(tmp), jobs or n, concurrency, watch)
         code = textwrap.dedent(f"""
-            import json, resource, time, io
+            import json, time, io
             from pathlib import Path
             from rich.console import Console
             from textbook_gen.run import Overrides, apply_overrides, run_curriculum
@@ -114,8 +116,9 @@ def ours(url: str, n: int, concurrency: int, *, limit: int | None = None,
             progress.close()
             elapsed = time.perf_counter() - t
             print(json.dumps({{"elapsed": elapsed, "sent": r.stats.sent, "records": r.records,
-                "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                "maxrss_mb": peak_rss_mb()}}))
         """)
+        code = PEAK_RSS + code
         env = {**os.environ, "OPENAI_API_KEY": "x"}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=env, cwd=ROOT)

@@ -24,18 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak import PEAK_RSS
+
 WORDS = ["the", "river", "carries", "sand", "to", "sea", "where", "waves", "sort", "grains",
          "by", "size", "and", "shape", "while", "wind", "lifts", "dust", "from", "dry",
          "plains", "ice", "grinds", "rock", "into", "flour", "volcano", "magma", "glacier",
          "erosion", "sediment", "layer", "pressure", "heat", "crystal", "mineral", "fossil"]
 
-CHILD = """
-def hwm_mb():
-    # VmHWM: the peak of this process image (ru_maxrss would carry the parent's peak
-    # across fork and exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+CHILD = PEAK_RSS + """
 import json, sys, time
 from pathlib import Path
 from textbook_gen.export import export
@@ -43,7 +39,7 @@ t = time.perf_counter()
 r = export([Path(sys.argv[1])], Path(sys.argv[2]), fmt="datatrove", tokenizer=sys.argv[3])
 took = time.perf_counter() - t
 print(json.dumps({"s": took, "tokens": r.manifest["splits"]["train"]["tokens"],
-                  "rss_mb": hwm_mb()}))
+                  "rss_mb": peak_rss_mb()}))
 """
 
 

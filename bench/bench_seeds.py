@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak import PEAK_RSS
+
 WORDS = [
     "rock", "water", "heat", "cold", "wind", "rain", "soil", "sky", "layer", "flow", "time",
     "change", "shape", "force", "energy", "year", "place", "map", "study", "field", "river",
@@ -28,13 +30,7 @@ WORDS = [
     "forest", "climate", "storm"
 ]
 
-CHILD = """
-def hwm_mb():
-    # VmHWM: the peak of this process image (ru_maxrss would carry the parent's peak
-    # across fork and exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+CHILD = PEAK_RSS + """
 import json, random, sys, time
 from pathlib import Path
 from textbook_gen.seeds import SeedIndex
@@ -59,7 +55,7 @@ t = time.perf_counter()
 for i in range(2000):
     idx.for_job(J(rng.choice(words), "Earth", "", job_seed(0, str(i))))
 draws = 2000 / (time.perf_counter() - t)
-print(json.dumps({"rss_mb": hwm_mb(),
+print(json.dumps({"rss_mb": peak_rss_mb(),
                   "build_s": built, "draws_per_s": draws, "docs": idx.count}))
 """
 
