@@ -160,7 +160,7 @@ def plan(
         g = p.grow
         t.add_row("[yellow]grow first", f"{', '.join(g.subjects)}: no topics file yet; run"
                   f" `textbook-gen grow {spec}` (at most {g.requests:,} requests at"
-                  f" {GROW_TOPICS} topics, depth 1: {money(g.cost)}). The figures above count"
+                  f" {g.topics} topics, depth 1: {money(g.cost)}). The figures above count"
                   " one stand-in topic for each")
     if p.price is not None and p.price.input:
         t.add_row("generation with batch API (max)", money((p.cost(1.0) or 0) / 2))
@@ -178,7 +178,7 @@ def _judge_warning(s: Any) -> str | None:
             " model, or turn the judge off") if why else None
 
 
-GROW_TOPICS = 12
+GROW_TOPICS = 12  # grow.DEFAULT_TOPICS, which plan prices (not imported: the CLI imports lazily)
 
 
 @app.command("export")

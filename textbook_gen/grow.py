@@ -29,6 +29,7 @@ from textbook_gen.spec import Curriculum, Subject, TopicFile, slugify
 
 _LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*(?:\*\*)?(?P<name>[^:*]{2,120}?)(?:\*\*)?\s*:\s*"
                    r"(?P<notes>\S.*?)\s*$")
+DEFAULT_TOPICS = 12  # at the first level (`grow --topics`)
 SUBTOPICS = 4  # per topic below the first level
 GROW_MAX_TOKENS = 1200
 

@@ -198,6 +198,7 @@ class GrowPlan:
     """What ``grow`` would send for the subjects without a topics file, at its defaults."""
 
     subjects: list[str]
+    topics: int  # asked for at the first level
     requests: int
     cost: float | None
 
@@ -205,16 +206,21 @@ class GrowPlan:
 def _grow_plan(spec: Curriculum) -> GrowPlan | None:
     if not spec.to_grow:
         return None
-    from textbook_gen.grow import GROW_MAX_TOKENS, grow_request, grow_requests_at_most
+    from textbook_gen.grow import (
+        DEFAULT_TOPICS,
+        GROW_MAX_TOKENS,
+        grow_request,
+        grow_requests_at_most,
+    )
 
     renderer = PromptRenderer(spec)
     subjects = [s for s in spec.subjects if s.name in spec.to_grow]
-    n = grow_requests_at_most(12, 1) * len(subjects)
-    tokens = sum(estimate_input_tokens(grow_request(spec, renderer, s, ("", ""), 12).messages)
-                 for s in subjects)
+    n = grow_requests_at_most(DEFAULT_TOPICS, 1) * len(subjects)
+    tokens = sum(estimate_input_tokens(
+        grow_request(spec, renderer, s, ("", ""), DEFAULT_TOPICS).messages) for s in subjects)
     price = spec_price(spec)
     cost = price.cost(tokens, GROW_MAX_TOKENS * n) if price is not None else None
-    return GrowPlan(list(spec.to_grow), n, cost)
+    return GrowPlan(list(spec.to_grow), DEFAULT_TOPICS, n, cost)
 
 
 REVISE_PROMPT_TOKENS = 350  # the bundled revise template around the draft and critique
