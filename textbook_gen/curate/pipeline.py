@@ -283,7 +283,8 @@ class _Curation:
             chosen = group[0]
             if len(group) > 1:
                 ranked = [(self._select_rank(r), -i, r) for i, r in enumerate(group)]
-                if sum(1 for x in ranked if x[0] == max(ranked, key=lambda t: t[0])[0]) > 1:
+                top = max(rank for rank, _, _ in ranked)
+                if sum(rank == top for rank, _, _ in ranked) > 1:  # a tie: diversity decides
                     ranked = [(rank + (-self._likeness(r),), i, r) for rank, i, r in ranked]
                 chosen = max(ranked, key=lambda t: (t[0], t[1]))[2]
                 for r in group:
