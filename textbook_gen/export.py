@@ -42,6 +42,7 @@ import numpy as np
 
 from textbook_gen import __version__
 from textbook_gen.errors import ConfigError, InputError
+from textbook_gen.shards import sha256_file
 
 FORMATS = ("datatrove", "megatron", "llmc", "npy", "hf")
 BATCH = 1000
@@ -236,14 +237,6 @@ class _Spool:
 # ----------------------------------------------------------------------------- writers
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: Path,
                   tok: Tokenizer) -> tuple[list[Path], int]:
     dtype = np.dtype(tok.dtype).newbyteorder("<")
@@ -429,7 +422,7 @@ def _build(runs: list[Path], work: Path, fmt: str, tok: Tokenizer | None, add_eo
         spool.path.unlink()
         splits[name] = {"documents": len(spool.offsets), "tokens": tokens,
                         "files": [{"name": str(f.relative_to(work)), "bytes": f.stat().st_size,
-                                   "sha256": _sha(f)} for f in files]}
+                                   "sha256": sha256_file(f)} for f in files]}
     if not any(s["documents"] for s in splits.values()):
         raise InputError(f"nothing to export: no record of {', '.join(map(str, runs))} passes the"
                          " selection (--kinds, --min-score, --verified-only)")

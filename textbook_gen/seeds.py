@@ -58,22 +58,25 @@ class SeedDocument:
         return {"id": self.id, "sha256": self.sha256, "source": self.source}
 
 
+def _text_files(folder: Path) -> list[Path]:
+    """The seed documents of a folder: its .txt and .md files, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".txt", ".md"))
+
+
 def _file_digest(path: Path) -> str:
+    from textbook_gen.shards import sha256_file
+
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md")) \
-        if path.is_dir() else [path]
-    for f in files:
+    for f in _text_files(path) if path.is_dir() else [path]:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+        sha256_file(f, h)
     return h.hexdigest()
 
 
 def _read(path: Path, settings: SeedSettings) -> Iterator[tuple[str, str]]:
     """(id, text) of every seed document, streaming."""
     if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md")):
+        for f in _text_files(path):
             try:
                 yield str(f.relative_to(path)), f.read_text("utf-8")
             except UnicodeDecodeError:

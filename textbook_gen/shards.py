@@ -183,6 +183,14 @@ def _encode(records: list[dict[str, Any]], fmt: str) -> bytes:
 # ----------------------------------------------------------------------------- reading
 
 
+def sha256_file(path: Path, digest: Any = None) -> str:
+    """The sha256 of a file, read in chunks (or fed into ``digest`` and its hex returned)."""
+    h = digest or hashlib.sha256()
+    for chunk in file_chunks(path):
+        h.update(chunk)
+    return str(h.hexdigest())
+
+
 def iter_records(path: Path, subdir: str = "shards") -> Iterator[dict[str, Any]]:
     """Records from a shard file, a plain/zst JSONL or Parquet file, or a run directory (its
     ``subdir``: "shards" or "rejects"). A file that is cut short, corrupt or not UTF-8 raises
@@ -197,7 +205,7 @@ def iter_records(path: Path, subdir: str = "shards") -> Iterator[dict[str, Any]]
     if path.name.endswith(".parquet"):
         yield from _iter_parquet(path)
         return
-    chunks = _zstd_chunks(path) if path.name.endswith(".zst") else _file_chunks(path)
+    chunks = _zstd_chunks(path) if path.name.endswith(".zst") else file_chunks(path)
     yield from _iter_jsonl(path, chunks)
 
 
@@ -212,7 +220,8 @@ def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
         raise InputError(f"{path}: not a readable Parquet file ({e})") from None
 
 
-def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """A file's bytes in chunks of ``size``."""
     with open(path, "rb") as f:
         while chunk := f.read(size):
             yield chunk
@@ -226,7 +235,7 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
     d = dctx.decompressobj()
     started = False
     try:
-        for raw in _file_chunks(path):
+        for raw in file_chunks(path):
             while raw:
                 started = True
                 out = d.decompress(raw)
