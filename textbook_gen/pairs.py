@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from textbook_gen.curate.pipeline import loop_of
 from textbook_gen.errors import InputError
 from textbook_gen.shards import iter_records
 
@@ -24,8 +25,7 @@ CHOSEN_REJECT_STAGES = ("dedup", "quota")  # set aside from the corpus, still th
 
 
 def _sample(r: dict[str, Any]) -> str | None:
-    loop = (r.get("provenance") or {}).get("loop") or {}
-    return loop.get("sample") if isinstance(loop, dict) else None
+    return loop_of(r).get("sample")
 
 
 def _score(r: dict[str, Any]) -> float | None:
@@ -55,7 +55,7 @@ def iter_pairs(run_dir: Path) -> Iterator[dict[str, Any]]:
     def consider(r: dict[str, Any]) -> None:
         s, score = _sample(r), _score(r)
         if s is not None and score is not None and s in lowest and lowest[s] < score:
-            loop = r["provenance"]["loop"]
+            loop = loop_of(r)
             chosen[s] = {"id": r.get("id"), "text": r.get("text", ""), "score": score,
                          "task": loop.get("task_sha256") or r["provenance"].get("prompt_sha256")}
 

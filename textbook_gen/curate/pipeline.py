@@ -63,14 +63,15 @@ class Best:
     n: int
 
 
-def _loop(r: Record) -> dict[str, Any]:
+def loop_of(r: Record) -> dict[str, Any]:
+    """A record's place in the closed loop (``provenance.loop``), or {} outside it."""
     loop = (r.get("provenance") or {}).get("loop")
     return loop if isinstance(loop, dict) else {}
 
 
 def group_key(r: Record) -> str:
     """The sample a record answers: its candidates and revisions are chosen among together."""
-    return str(_loop(r).get("sample") or r.get("id", ""))
+    return str(loop_of(r).get("sample") or r.get("id", ""))
 # every record's quality has these keys (None where a stage did not apply), so that shards of
 # one corpus share one schema
 QUALITY_FIELDS = ("tokens", "verified", "judge_score", "dup_cluster", "exercises_total",
@@ -265,7 +266,7 @@ class _Curation:
         key = group_key(r)
         best = self.low.get(key)
         if best is None or verdict.score > best.score:
-            loop = _loop(r)
+            loop = loop_of(r)
             self.low[key] = Best(str(r.get("id", "")), float(verdict.score), verdict.critique,
                                  str(loop.get("cell") or ""), int(loop.get("n") or 0))
 
@@ -292,7 +293,7 @@ class _Curation:
                         self._reject(r, "select", "not_selected",
                                      f"another answer to the same prompt ranked higher:"
                                      f" {chosen.get('id')}", chosen=str(chosen.get("id")))
-            if _loop(chosen):
+            if loop_of(chosen):
                 self._remember(chosen)
             c.kept += 1
             out.append(chosen)
@@ -306,7 +307,7 @@ class _Curation:
 
     def _likeness(self, r: Record) -> float:
         """Highest Jaccard similarity (word 5-grams) to a record this cell already chose."""
-        cell = str(_loop(r).get("cell") or "")
+        cell = str(loop_of(r).get("cell") or "")
         if self.cell_texts[0] != cell:
             return 0.0
         mine = _shingles(r.get("text", ""))
@@ -314,7 +315,7 @@ class _Curation:
                    default=0.0)
 
     def _remember(self, r: Record) -> None:
-        cell = str(_loop(r).get("cell") or "")
+        cell = str(loop_of(r).get("cell") or "")
         if self.cell_texts[0] != cell:  # records come cell by cell: keep only this cell's
             self.cell_texts = (cell, [])
         self.cell_texts[1].append(_shingles(r.get("text", "")))
@@ -364,7 +365,7 @@ class _Curation:
         assert self.loop is not None
         c = self.counts["quota"]
         c.seen += 1
-        loop = _loop(record)
+        loop = loop_of(record)
         cell = str(loop.get("cell") or "")
         have = self.cells[cell] = self.cells.get(cell, 0) + 1
         target = loop.get("target")
