@@ -263,8 +263,9 @@ class _Tally:
 
 def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
          out_dir: Path | None = None) -> Plan:
-    renderer = PromptRenderer(spec, seeds=open_seeds(spec, out_dir or default_out_dir(spec)))
-    store_path = (out_dir or default_out_dir(spec)) / "run.sqlite"
+    out_dir = out_dir or default_out_dir(spec)
+    renderer = PromptRenderer(spec, seeds=open_seeds(spec, out_dir))
+    store_path = out_dir / "run.sqlite"
     if job_count(spec, limit) > PLAN_EXACT:
         return _plan_estimate(spec, renderer, limit, show, store_path)
     store = RunStore(store_path) if store_path.exists() else None
@@ -493,7 +494,7 @@ def run_curriculum(
 
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
-    problems = spec_problems(spec, PromptRenderer(spec))
+    problems = spec_problems(spec)
     if problems:
         raise SpecError(problems)
     _check_paid_stages(spec, batch)
