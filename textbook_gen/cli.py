@@ -65,6 +65,12 @@ def _load(path: Path, *, to_grow: bool = False):  # noqa: ANN202 - Curriculum, i
     return load_curriculum(path, to_grow=to_grow)
 
 
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", "-w", metavar="N", help="Processes for the per-document curation stages "
+    "(token counts, filters, decontamination, dedup signatures); default: every core. The "
+    "result does not depend on it.")]
+
+
 def _at_least(option: str, value: float | None, minimum: float) -> None:
     if value is not None and value < minimum:
         from textbook_gen.errors import ConfigError
@@ -327,10 +333,12 @@ def run(
     stop_on_collapse: Annotated[bool, typer.Option(
         "--stop-on-collapse", help="Stop (resumably, exit 6) when the collapse watch sees one "
         "opening or near-duplicates take over recent answers.")] = False,
+    workers: WorkersOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Generate the corpus: send what is not stored yet, curate, write shards. Resumable."""
     _at_least("--limit", limit, 1)
+    _at_least("--workers", workers, 1)
     _at_least("--poll-interval", poll_interval, 0)
     from textbook_gen.run import Overrides, apply_overrides, run_curriculum
     from textbook_gen.ui import make_progress, money
@@ -345,7 +353,8 @@ def run(
     delay = float(os.environ.get("TEXTBOOK_GEN_RETRY_BASE_DELAY", "1.0"))
     try:
         result = run_curriculum(s, out_dir=out_dir, limit=limit, progress=progress,
-                                retry_base_delay=delay, batch=batch, poll_interval=poll_interval)
+                                retry_base_delay=delay, batch=batch, poll_interval=poll_interval,
+                                workers=workers)
     finally:
         progress.close()
     _summary(result, money)
@@ -378,10 +387,12 @@ def curate(
                    ] = "parquet",
     shard_max_records: Annotated[int, typer.Option(
         help="Records per shard file; a new file starts after this many.")] = 10_000,
+    workers: WorkersOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run the curation stages alone on any corpus: filters, verification, dedup, decontamination."""
     _at_least("--shard-max-records", shard_max_records, 1)
+    _at_least("--workers", workers, 1)
     from textbook_gen.curate.pipeline import curate_corpus
     from textbook_gen.ui import make_progress
 
@@ -395,7 +406,8 @@ def curate(
     progress = make_progress(err, quiet=quiet)
     try:
         result = curate_corpus(list(inputs), out_dir, settings, fmt=fmt,
-                               shard_max_records=shard_max_records, progress=progress.stage)
+                               shard_max_records=shard_max_records, progress=progress.stage,
+                               workers=workers)
     finally:
         progress.close()
     kept = sum(s.records for s in result.shards)

@@ -27,7 +27,8 @@ from textbook_gen.store import RunStore
 def curate_stored(spec: Curriculum, store: RunStore, out_dir: Path,
                   records: Iterable[dict[str, Any]], *, ledger: Ledger, progress: Progress,
                   loop: LoopCuration | None = None, pay: bool = True,
-                  renderer: PromptRenderer | None = None) -> tuple[Build, CurationResult]:
+                  renderer: PromptRenderer | None = None, workers: int | None = None
+                  ) -> tuple[Build, CurationResult]:
     """Curate ``records`` (rebuilt from the store) into a new build, not yet committed.
     ``pay`` false: the judge only reads scores already stored (the budget ran out)."""
     build = Build(out_dir)
@@ -44,7 +45,8 @@ def curate_stored(spec: Curriculum, store: RunStore, out_dir: Path,
         g = settings.copy_guard
         extra.append(CopyGuard(seeds, g.ngram, g.max_overlap))
     result = curate(records, settings, build, fmt=fmt, shard_max_records=per_shard,
-                    judge=judge, progress=progress.stage, loop=loop, extra_filters=extra)
+                    judge=judge, progress=progress.stage, loop=loop, extra_filters=extra,
+                    workers=workers)
     return build, result
 
 

@@ -483,6 +483,7 @@ def run_curriculum(
     rate_window: float = 60.0,
     batch: bool = False,
     poll_interval: float = 30.0,
+    workers: int | None = None,
 ) -> RunResult:
     """Generate what is not stored, curate, and go round the closed loop (``loop.py``) until
     nothing is left to send; then write the outputs. Jobs that failed are in
@@ -549,7 +550,8 @@ def run_curriculum(
             try:
                 build, result = curate_stored(spec, store, out_dir, loop.records(),
                                               ledger=ledger, progress=progress,
-                                              loop=loop.curation(), renderer=renderer)
+                                              loop=loop.curation(), renderer=renderer,
+                                              workers=workers)
             except BudgetExceeded:
                 stop = "budget"
                 break
@@ -561,7 +563,7 @@ def run_curriculum(
         if final is None:  # the budget ran out: curate what is stored, paying nothing more
             final = curate_stored(spec, store, out_dir, loop.records(), ledger=ledger,
                                   progress=progress, loop=loop.curation(), pay=False,
-                                  renderer=renderer)
+                                  renderer=renderer, workers=workers)
         build, result = final
         failed = loop.job_failures()
         store.finish_run(run_id, stop or "complete", sent=total.sent, cached=total.cached,

@@ -82,24 +82,34 @@ class Decontaminator:
         return BenchmarkIndex(Path(b.path).name, all_grams[order], all_items[order], indexed,
                               skipped)
 
-    def check(self, text: str) -> list[str]:
-        """Names of the benchmarks this text shares an n-gram with (and count the hit)."""
+    def lookup(self, text: str) -> list[tuple[int, list[int]]]:
+        """The benchmarks (by position) this text shares an n-gram with, and the items hit.
+        Counts nothing: a pure function, so any process can compute it."""
         words = word_hashes(text)
         if len(words) < self.n or not self.indexes:
             return []
         doc = shingle_hashes(words, self.n)
         hits = []
-        for idx in self.indexes:
+        for b, idx in enumerate(self.indexes):
             if len(idx.grams) == 0:
                 continue
             pos = np.searchsorted(idx.grams, doc)
             pos[pos == len(idx.grams)] = 0
             found = idx.grams[pos] == doc
             if found.any():
-                idx.hit_documents += 1
-                idx.hit_items.update(int(x) for x in idx.items[pos[found]])
-                hits.append(idx.name)
+                hits.append((b, sorted({int(x) for x in idx.items[pos[found]]})))
         return hits
+
+    def count(self, hits: list[tuple[int, list[int]]]) -> list[str]:
+        """Count a document removed for ``hits`` (from ``lookup``); the benchmarks' names."""
+        for b, items in hits:
+            self.indexes[b].hit_documents += 1
+            self.indexes[b].hit_items.update(items)
+        return [self.indexes[b].name for b, _ in hits]
+
+    def check(self, text: str) -> list[str]:
+        """Names of the benchmarks this text shares an n-gram with (and count the hit)."""
+        return self.count(self.lookup(text))
 
     def report(self) -> dict[str, dict[str, int]]:
         return {i.name: {"documents_removed": i.hit_documents, "items_hit": len(i.hit_items),

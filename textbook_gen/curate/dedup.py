@@ -115,6 +115,39 @@ def lsh_params(threshold: float, num_perm: int, recall: float = 0.98) -> tuple[i
     return best
 
 
+def signature_rows(flat: np.ndarray, counts: np.ndarray, num_perm: int) -> np.ndarray:
+    """MinHash digests (one uint32 row of ``num_perm`` per document) of documents whose
+    shingle hashes lie back to back in ``flat``, ``counts`` of them each (rensa, in Rust)."""
+    from rensa import RMinHash
+
+    offsets = np.concatenate([np.zeros(1, np.uint64), np.cumsum(counts, dtype=np.uint64)])
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, num_perm, SEED)
+    return np.array(matrix.to_rows(), dtype=np.uint32).reshape(len(counts), num_perm)
+
+
+def chunk_signatures(texts: list[str], *, k: int, num_perm: int, exact: bool = True,
+                     near: bool = True) -> tuple[list[bytes] | None, np.ndarray | None]:
+    """What dedup needs of each text, computed for a chunk at once and for each text alone
+    (no text's values depend on the others): the exact key of its words, and the MinHash
+    digest of its k-word shingles. A pure function, so that any process can compute it."""
+    if not texts:
+        return ([] if exact else None), (np.zeros((0, num_perm), np.uint32) if near else None)
+    words, offsets = chunk_word_hashes(texts)
+    keys = ([exact_key(words[offsets[j]:offsets[j + 1]]) for j in range(len(texts))]
+            if exact else None)
+    if not near:
+        return keys, None
+    owner = np.repeat(np.arange(len(texts)), np.diff(offsets))
+    with np.errstate(over="ignore"):
+        acc = words[: max(0, len(words) - k + 1)].copy()
+        for j in range(1, k):
+            acc = acc * _MULT + words[j: len(words) - k + 1 + j]
+    start_owner = owner[: len(acc)]
+    keep = start_owner == owner[k - 1:k - 1 + len(acc)]  # a shingle inside one text
+    counts = np.bincount(start_owner[keep], minlength=len(texts))
+    return keys, signature_rows(acc[keep], counts, num_perm)
+
+
 @dataclass
 class Signatures:
     """MinHash digests of many documents, filled in chunks."""
@@ -123,13 +156,9 @@ class Signatures:
     k: int
     rows: list[np.ndarray] = field(default_factory=list)
 
-    def add_flat(self, flat: np.ndarray, counts: np.ndarray) -> None:
-        """Digests of documents whose shingle hashes lie back to back in ``flat``."""
-        from rensa import RMinHash
-
-        offsets = np.concatenate([np.zeros(1, np.uint64), np.cumsum(counts, dtype=np.uint64)])
-        matrix = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, self.num_perm, SEED)
-        self.rows.append(np.array(matrix.to_rows(), dtype=np.uint32))
+    def add_rows(self, matrix: np.ndarray) -> None:
+        if len(matrix):
+            self.rows.append(np.ascontiguousarray(matrix, dtype=np.uint32))
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rows)
@@ -142,19 +171,24 @@ class Signatures:
         return np.concatenate([r[:, start:stop] for r in self.rows])
 
 
+def band_keys(band: np.ndarray) -> np.ndarray:
+    """One 64-bit key per digest for one LSH band (its columns): sorting integers is far
+    faster than sorting raw rows, and a rare key collision only adds a candidate that
+    confirmation then rejects."""
+    keys = band[:, 0].astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for col in range(1, band.shape[1]):
+            keys = keys * _MULT + band[:, col]
+    return keys
+
+
 def candidate_pairs(signatures: Signatures, threshold: float) -> np.ndarray:
     """(i, j) pairs, i < j, that share a band: each bucket links its members to its first."""
     n, num_perm = len(signatures), signatures.num_perm
     bands, rows = lsh_params(threshold, num_perm)
     pairs = []
     for b in range(bands):
-        band = signatures.band(b * rows, (b + 1) * rows)
-        # one 64-bit key per band: sorting integers is far faster than sorting raw rows, and a
-        # rare key collision only adds a candidate that confirmation then rejects
-        keys = band[:, 0].astype(np.uint64)
-        with np.errstate(over="ignore"):
-            for col in range(1, rows):
-                keys = keys * _MULT + band[:, col]
+        keys = band_keys(signatures.band(b * rows, (b + 1) * rows))
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         same = sorted_keys[1:] == sorted_keys[:-1]
@@ -225,47 +259,46 @@ class Deduplicator:
         self.signatures = Signatures(num_perm, shingle_words)
         self._exact_first: dict[bytes, int] = {}
         self._exact_edges: list[tuple[int, int, float]] = []
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, tuple[float, ...]]] = []
         self._near_index: list[int] = []  # document index of each signature row
         self.ranks: list[tuple[float, ...]] = []
         self._chunk = chunk
 
     def add(self, text: str, rank: tuple[float, ...] = ()) -> int:
-        index = len(self.ranks)
-        self.ranks.append(rank)
-        self._pending.append(text)
+        self._pending.append((text, rank))
         if len(self._pending) >= self._chunk:
             self._flush()
-        return index
+        return len(self.ranks) + len(self._pending) - 1
 
     def _flush(self) -> None:
-        """Hash a chunk of texts at once: exact keys, then shingles of the non-copies."""
+        """Hash the texts added so far at once."""
         if not self._pending:
             return
-        first_index = len(self.ranks) - len(self._pending)
-        words, offsets = chunk_word_hashes(self._pending)
+        texts, ranks = zip(*self._pending, strict=True)
         self._pending = []
-        near = np.ones(len(offsets) - 1, dtype=bool)
-        if self.exact:
-            for j in range(len(near)):
+        keys, digests = chunk_signatures(list(texts), k=self.k, num_perm=self.signatures.num_perm,
+                                         exact=self.exact, near=self.near)
+        self.add_signed(keys, digests, list(ranks))
+
+    def add_signed(self, keys: list[bytes] | None, digests: np.ndarray | None,
+                   ranks: list[tuple[float, ...]]) -> None:
+        """Add documents whose signatures were computed elsewhere (``chunk_signatures``, in
+        this process or another): the result is the same as ``add`` of their texts."""
+        if self._pending:
+            self._flush()
+        first_index = len(self.ranks)
+        self.ranks.extend(ranks)
+        near = np.ones(len(ranks), dtype=bool)
+        if self.exact and keys is not None:
+            for j, key in enumerate(keys):
                 index = first_index + j
-                first = self._exact_first.setdefault(exact_key(words[offsets[j]:offsets[j + 1]]),
-                                                     index)
+                first = self._exact_first.setdefault(key, index)
                 if first != index:  # its exact twin stands for it in the near search
                     self._exact_edges.append((first, index, 1.0))
                     near[j] = False
-        if not self.near or not near.any():
+        if not self.near or digests is None or not near.any():
             return
-        k = self.k
-        owner = np.repeat(np.arange(len(near)), np.diff(offsets))
-        with np.errstate(over="ignore"):
-            acc = words[: max(0, len(words) - k + 1)].copy()
-            for j in range(1, k):
-                acc = acc * _MULT + words[j: len(words) - k + 1 + j]
-        start_owner = owner[: len(acc)]
-        keep = (start_owner == owner[k - 1:k - 1 + len(acc)]) & near[start_owner]
-        counts = np.bincount(start_owner[keep], minlength=len(near))[near]
-        self.signatures.add_flat(acc[keep], counts)
+        self.signatures.add_rows(digests[near])
         self._near_index.extend(int(first_index + j) for j in np.flatnonzero(near))
 
     def candidates(self) -> np.ndarray:
