@@ -388,6 +388,11 @@ def curate(
     shard_max_records: Annotated[int, typer.Option(
         help="Records per shard file; a new file starts after this many.")] = 10_000,
     workers: WorkersOpt = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="ADDRESS", help="Curate on a Ray cluster: its address (host:port or "
+        "ray://host:port), auto (the cluster `ray start` started here), or local (a throwaway "
+        "cluster on this machine). Keeps the same records as without it. Needs the ray extra; "
+        "--workers is then the number of Ray workers (default: the cluster's CPUs).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run the curation stages alone on any corpus: filters, verification, dedup, decontamination."""
@@ -407,7 +412,7 @@ def curate(
     try:
         result = curate_corpus(list(inputs), out_dir, settings, fmt=fmt,
                                shard_max_records=shard_max_records, progress=progress.stage,
-                               workers=workers)
+                               workers=workers, ray=ray, quiet=quiet)
     finally:
         progress.close()
     kept = sum(s.records for s in result.shards)

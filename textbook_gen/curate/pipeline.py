@@ -146,7 +146,9 @@ class _Curation:
     # -- rejection bookkeeping
     def _reject(self, record: Record, stage: str, reason: str, detail: str = "",
                 chosen: str | None = None) -> None:
-        self.counts[stage].dropped[reason.split(" (")[0]] += 1
+        # counted by kind: "too_short (12 < 50 tokens)" and "near_duplicate of d7" are one
+        # count each of too_short and near_duplicate
+        self.counts[stage].dropped[reason.split(" (")[0].split(" of ")[0]] += 1
         self.rejects.write({**record, "rejected": {"stage": stage, "reason": reason,
                                                    "detail": detail, "chosen": chosen}})
 
@@ -218,7 +220,9 @@ class _Curation:
                        signed: dict[int, tuple[str, bytes | None, np.ndarray | None, Hits]]
                        ) -> tuple[list[Record], list[bytes] | None, np.ndarray | None]:
         c = self.counts["decontaminate"]
-        out, keys, digests = [], [], []
+        out: list[Record] = []
+        keys: list[Any] = []  # bytes where exact dedup is on
+        digests: list[Any] = []  # rows where near dedup is on
         for r in records:
             c.seen += 1
             text, key, digest, hits = signed[id(r)]
@@ -491,11 +495,21 @@ def _with_ids(paths: list[Path]) -> Iterator[Record]:
 
 def curate_corpus(inputs: list[Path], out_dir: Path, settings: CurationSettings, *,
                   fmt: str = "parquet", shard_max_records: int = 10_000,
-                  progress: Progress | None = None, workers: int | None = None) -> CurationResult:
-    """``textbook-gen curate``: the same stages on any JSONL/Parquet corpus (no judge)."""
+                  progress: Progress | None = None, workers: int | None = None,
+                  ray: str | None = None, quiet: bool = False) -> CurationResult:
+    """``textbook-gen curate``: the same stages on any JSONL/Parquet corpus (no judge). With
+    ``ray`` (a cluster address, ``auto`` or ``local``) on a Ray cluster, ``workers`` actors
+    (curate/distributed.py), keeping the same records."""
     build = Build(Path(out_dir))
-    result = curate(_with_ids([Path(p) for p in inputs]), settings, build, fmt=fmt,
-                    shard_max_records=shard_max_records, progress=progress, workers=workers)
+    if ray is not None:
+        from textbook_gen.curate.distributed import curate_on_ray
+
+        result = curate_on_ray([Path(p) for p in inputs], build, settings, fmt=fmt,
+                               shard_max_records=shard_max_records, address=ray,
+                               workers=workers, quiet=quiet)
+    else:
+        result = curate(_with_ids([Path(p) for p in inputs]), settings, build, fmt=fmt,
+                        shard_max_records=shard_max_records, progress=progress, workers=workers)
     build.commit({
         "inputs": [str(p) for p in inputs],
         "settings": settings.model_dump(mode="json"),
