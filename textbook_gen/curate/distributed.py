@@ -472,6 +472,25 @@ class _Write:
 # -- the whole
 
 
+class _Clock:
+    """Seconds each step took (into the manifest), and a line per step as it ends."""
+
+    def __init__(self, phases: dict[str, float], quiet: bool):
+        import time
+
+        self.phases, self.quiet, self.now = phases, quiet, time.perf_counter
+        self.last = self.now()
+
+    def __call__(self, step: str) -> None:
+        t = self.now()
+        self.phases[step] = t - self.last
+        self.last = t
+        if not self.quiet:
+            import sys
+
+            print(f"ray: {step} done in {self.phases[step]:.1f} s", file=sys.stderr)
+
+
 def curate_on_ray(inputs: list[Path], build: Build, settings: CurationSettings, *,
                   fmt: str, shard_max_records: int, address: str, workers: int | None,
                   quiet: bool = False) -> CurationResult:
@@ -489,10 +508,14 @@ def curate_on_ray(inputs: list[Path], build: Build, settings: CurationSettings, 
     files = ray.data.from_items([{"file": i, "path": str(p.resolve())}
                                  for i, p in enumerate(inputs)], override_num_blocks=len(inputs))
     try:
+        phases: dict[str, float] = {}
+        clock = _Clock(phases, quiet)
         renames = _renames(files)
+        clock("ids")
         facts = files.map_batches(_PerDocument, batch_size=1, concurrency=size,
                                   fn_constructor_args=(settings, prefix, renames),
                                   batch_format="numpy").materialize()
+        clock("per-document stages")
         counts = {name: StageCount() for name in STAGES}
         decontam = DocumentStage(settings).decontam
         for i in range(len(inputs)):
@@ -507,18 +530,23 @@ def curate_on_ray(inputs: list[Path], build: Build, settings: CurationSettings, 
             Path(f"{prefix}-stats-{i:05d}.json").unlink()
         d = settings.dedup
         exact = _exact_edges(facts) if d.exact else []
+        clock("exact twins")
         near: list[tuple[int, int]] = []
         if d.near:
             bands, _ = lsh_params(settings.near_dup_threshold, d.num_perm)
             pairs = _candidate_pairs(facts.select_columns(["doc", *[f"band{b}" for b in
                                                                     range(bands)]]), bands)
+            clock("LSH buckets")
             near = _confirmed(files, pairs, prefix, settings, size)
+            clock("confirmation")
         dropped, sizes = _dropped(facts, exact, near)
+        clock("clusters")
         written = files.map_batches(
             _Write, batch_size=1, concurrency=size, batch_format="numpy",
             fn_constructor_args=(prefix, str(build.root), build.id, fmt, shard_max_records,
                                  dropped, sizes))
         cols = _columns(written, ["name", "records", "bytes", "sha256", "kind", "dedup"])
+        clock("shards")
     except Exception as e:  # a task's error: ours carry the message meant for the user
         inner = _unwrap(e)
         if isinstance(inner, TextbookGenError):
@@ -547,7 +575,7 @@ def curate_on_ray(inputs: list[Path], build: Build, settings: CurationSettings, 
     rejects.sort(key=lambda s: s.name)
     sandbox = sandbox_layers(settings.verify) if counts["verify"].seen and settings.verify_code \
         else []
-    return CurationResult(shards, rejects, counts, decontam.report(), sandbox)
+    return CurationResult(shards, rejects, counts, decontam.report(), sandbox, phases=phases)
 
 
 def _dropped(facts: Any, exact: list[tuple[int, int]], near: list[tuple[int, int]]

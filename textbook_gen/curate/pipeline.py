@@ -99,6 +99,7 @@ class CurationResult:
     sandbox: list[str] = field(default_factory=list)  # what confined exercise code, if any ran
     cells: dict[str, int] = field(default_factory=dict)  # loop: survivors per cell, pre-quota
     low: dict[str, Best] = field(default_factory=dict)  # loop: sample -> best, under revise.below
+    phases: dict[str, float] = field(default_factory=dict)  # Ray: seconds each step took
 
     def to_manifest(self) -> dict[str, Any]:
         out = {"stages": {k: v.to_dict() for k, v in self.counts.items()},
@@ -107,6 +108,8 @@ class CurationResult:
                "rejected": sum(s.records for s in self.rejects)}
         if self.sandbox:
             out["verify_sandbox"] = self.sandbox
+        if self.phases:
+            out["ray_phases_s"] = {k: round(v, 2) for k, v in self.phases.items()}
         return out
 
 
