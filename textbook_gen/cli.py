@@ -333,12 +333,24 @@ def run(
     stop_on_collapse: Annotated[bool, typer.Option(
         "--stop-on-collapse", help="Stop (resumably, exit 6) when the collapse watch sees one "
         "opening or near-duplicates take over recent answers.")] = False,
-    workers: WorkersOpt = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-w", metavar="N", help="Processes for the per-document curation stages "
+        "(default: every core); with --ray, the Ray workers that generate (default: the "
+        "cluster's CPUs). The result does not depend on it.")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="ADDRESS", help="Generate on a Ray cluster: its address (host:port "
+        "or ray://host:port), auto (the cluster `ray start` started here), or local (a "
+        "throwaway cluster on this machine). Jobs are split by a hash of their id; each "
+        "worker has its own engine, store partition and share of the rate limits and budget. "
+        "Needs the ray extra.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Generate the corpus: send what is not stored yet, curate, write shards. Resumable."""
     _at_least("--limit", limit, 1)
     _at_least("--workers", workers, 1)
+    from textbook_gen.distributed_run import check_ray_options
+
+    check_ray_options(batch, ray)
     _at_least("--poll-interval", poll_interval, 0)
     from textbook_gen.run import Overrides, apply_overrides, run_curriculum
     from textbook_gen.ui import make_progress, money
@@ -354,7 +366,7 @@ def run(
     try:
         result = run_curriculum(s, out_dir=out_dir, limit=limit, progress=progress,
                                 retry_base_delay=delay, batch=batch, poll_interval=poll_interval,
-                                workers=workers)
+                                workers=workers, ray=ray)
     finally:
         progress.close()
     _summary(result, money)

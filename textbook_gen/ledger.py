@@ -46,6 +46,7 @@ class Ledger:
     reserved_usd: float = 0.0
     reserved_tokens: int = 0
     exhausted: bool = False  # a reservation was refused: every stage stops sending
+    ray: dict[str, Any] = field(default_factory=dict)  # run --ray: the cluster and its workers
 
     @property
     def spent_usd(self) -> float:
@@ -96,6 +97,15 @@ class Ledger:
         s.cost_known = s.cost_known and price is not None
         return cost
 
+    def add(self, stage: str, spend: StageSpend) -> None:
+        """Add what another ledger spent on a stage (a Ray worker's share)."""
+        s = self.stage(stage)
+        s.requests += spend.requests
+        s.input_tokens += spend.input_tokens
+        s.output_tokens += spend.output_tokens
+        s.cost_usd += spend.cost_usd
+        s.cost_known = s.cost_known and spend.cost_known
+
     def exceeded(self, done: int, total: int, written: Any = None) -> BudgetExceeded:
         """The error a run stops with; ``written``: the run directory whose outputs were
         written from what is stored before it stopped."""
@@ -116,4 +126,5 @@ class Ledger:
     def to_manifest(self) -> dict[str, Any]:
         return {"max_cost_usd": self.max_cost_usd, "max_tokens": self.max_tokens,
                 "spent_usd": round(self.spent_usd, 6), "tokens": self.tokens,
-                "stages": {k: v.to_dict() for k, v in self.stages.items()}}
+                "stages": {k: v.to_dict() for k, v in self.stages.items()},
+                **({"ray": self.ray} if self.ray else {})}

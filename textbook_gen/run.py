@@ -484,14 +484,16 @@ def run_curriculum(
     batch: bool = False,
     poll_interval: float = 30.0,
     workers: int | None = None,
+    ray: str | None = None,
 ) -> RunResult:
     """Generate what is not stored, curate, and go round the closed loop (``loop.py``) until
     nothing is left to send; then write the outputs. Jobs that failed are in
     ``RunResult.failed`` (the CLI exits 5 for them); errors that are not a job's own raise.
     When the budget runs out the outputs are written from what is stored, then
-    ``BudgetExceeded`` is raised."""
+    ``BudgetExceeded`` is raised. With ``ray`` (an address, ``auto`` or ``local``) the
+    generation of each step is spread over ``workers`` Ray actors (distributed_run.py);
+    curation and the judge stay here."""
     from textbook_gen.loop import Loop
-    from textbook_gen.outputs import commit_outputs, curate_stored
 
     progress = progress or Progress()
     out_dir = Path(out_dir or default_out_dir(spec))
@@ -514,8 +516,17 @@ def run_curriculum(
             with open(out_dir / "run.log", "a", encoding="utf-8") as log:
                 log.write(f"{dt.datetime.now(dt.UTC).isoformat()} {alarm.message()}\n")
 
+        cluster: list[Any] = []  # the Ray actors, started by the first step that sends
+
         def generate(items: Iterator[WorkItem], count: int, label: str,
                      stage: str) -> GenerationStats:
+            if ray is not None:
+                if not cluster:
+                    from textbook_gen.distributed_run import RayGeneration
+
+                    cluster.append(RayGeneration(spec, store, ray, workers, retry_base_delay,
+                                                 rate_window))
+                return cluster[0].generate(items, count, label, stage, ledger, progress)
             generator = make_generator(spec, store, ledger, batch=batch,
                                        retry_base_delay=retry_base_delay,
                                        rate_window=rate_window, poll_interval=poll_interval,
@@ -524,55 +535,69 @@ def run_curriculum(
 
         loop = Loop(spec, renderer, store, limit)
         run_id = store.start_run()
-        total = GenerationStats()
-        stop: str | None = None
-        final = None
-        while final is None:
-            samples, n_samples, revisions, n_revisions = loop.work()
-            rnd = loop.round.number
-            for items, count, label, stage in (
-                    (samples, n_samples, "generate" if rnd == 1 else f"generate · round {rnd}",
-                     "generate"),
-                    (revisions, n_revisions, f"revise · round {rnd}", "revise")):
-                if count == 0:
-                    continue
-                s = generate(items, count, label, stage)
-                total.add(s)
-                if s.stop_reason is not None:
-                    stop = s.stop_reason
-                    break
-            if stop is not None and stop != "budget":
-                store.finish_run(run_id, stop, sent=total.sent, cached=total.cached,
-                                 failed=total.failed, cost_usd=ledger.spent_usd)
-                _raise_stopped(stop, alarms, out_dir, store, total)
-            if stop == "budget":
+        try:
+            return _rounds(spec, store, out_dir, renderer, loop, run_id, ledger, progress,
+                           alarms, generate, workers)
+        finally:
+            if cluster:
+                cluster[0].close()
+
+
+def _rounds(spec: Curriculum, store: RunStore, out_dir: Path, renderer: PromptRenderer,
+            loop: Any, run_id: int, ledger: Ledger, progress: Progress, alarms: list[Alarm],
+            generate: Callable[..., GenerationStats], workers: int | None) -> RunResult:
+    """The closed loop's rounds: send, curate, decide what is left; then the outputs."""
+    from textbook_gen.outputs import commit_outputs, curate_stored
+
+    total = GenerationStats()
+    stop: str | None = None
+    final = None
+    while final is None:
+        samples, n_samples, revisions, n_revisions = loop.work()
+        rnd = loop.round.number
+        for items, count, label, stage in (
+                (samples, n_samples, "generate" if rnd == 1 else f"generate · round {rnd}",
+                 "generate"),
+                (revisions, n_revisions, f"revise · round {rnd}", "revise")):
+            if count == 0:
+                continue
+            s = generate(items, count, label, stage)
+            total.add(s)
+            if s.stop_reason is not None:
+                stop = s.stop_reason
                 break
-            try:
-                build, result = curate_stored(spec, store, out_dir, loop.records(),
-                                              ledger=ledger, progress=progress,
-                                              loop=loop.curation(), renderer=renderer,
-                                              workers=workers)
-            except BudgetExceeded:
-                stop = "budget"
-                break
-            if loop.advance(result).empty:
-                final = build, result
-            else:
-                build.sweep()  # this round's build: the next round curates again
-                progress.message(f"round {rnd}: {_round_line(loop, result)}")
-        if final is None:  # the budget ran out: curate what is stored, paying nothing more
-            final = curate_stored(spec, store, out_dir, loop.records(), ledger=ledger,
-                                  progress=progress, loop=loop.curation(), pay=False,
-                                  renderer=renderer, workers=workers)
-        build, result = final
-        failed = loop.job_failures()
-        store.finish_run(run_id, stop or "complete", sent=total.sent, cached=total.cached,
-                         failed=total.failed, cost_usd=ledger.spent_usd)
-        manifest = commit_outputs(spec, renderer, store, build, result, jobs=total.total,
-                                  failed=len(failed), ledger=ledger,
-                                  coverage=loop.coverage(result, stop))
+        if stop is not None and stop != "budget":
+            store.finish_run(run_id, stop, sent=total.sent, cached=total.cached,
+                             failed=total.failed, cost_usd=ledger.spent_usd)
+            _raise_stopped(stop, alarms, out_dir, store, total)
         if stop == "budget":
-            raise ledger.exceeded(total.done, total.total, written=out_dir)
+            break
+        try:
+            build, result = curate_stored(spec, store, out_dir, loop.records(),
+                                          ledger=ledger, progress=progress,
+                                          loop=loop.curation(), renderer=renderer,
+                                          workers=workers)
+        except BudgetExceeded:
+            stop = "budget"
+            break
+        if loop.advance(result).empty:
+            final = build, result
+        else:
+            build.sweep()  # this round's build: the next round curates again
+            progress.message(f"round {rnd}: {_round_line(loop, result)}")
+    if final is None:  # the budget ran out: curate what is stored, paying nothing more
+        final = curate_stored(spec, store, out_dir, loop.records(), ledger=ledger,
+                              progress=progress, loop=loop.curation(), pay=False,
+                              renderer=renderer, workers=workers)
+    build, result = final
+    failed = loop.job_failures()
+    store.finish_run(run_id, stop or "complete", sent=total.sent, cached=total.cached,
+                     failed=total.failed, cost_usd=ledger.spent_usd)
+    manifest = commit_outputs(spec, renderer, store, build, result, jobs=total.total,
+                              failed=len(failed), ledger=ledger,
+                              coverage=loop.coverage(result, stop))
+    if stop == "budget":
+        raise ledger.exceeded(total.done, total.total, written=out_dir)
     kept = sum(x.records for x in result.shards)
     rejected = sum(x.records for x in result.rejects)
     return RunResult(out_dir, total, kept, rejected, failed, manifest, ledger)

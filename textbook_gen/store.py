@@ -28,6 +28,10 @@ from textbook_gen.providers.base import Request, Response
 from textbook_gen.store_schema import MIGRATIONS, WRITES
 
 __all__ = ["MIGRATIONS", "RunStore", "StoredResponse", "explain_sqlite"]
+PARTITION_GLOB = "run-part-*.sqlite"  # a Ray worker's own store, beside run.sqlite
+_ALL_RESPONSE_COLUMNS = ("key", "status", "text", "finish_reason", "input_tokens",
+                         "output_tokens", "cost_usd", "provider", "model", "response_id",
+                         "latency_s", "attempts", "error_kind", "error", "batch_id", "created_at")
 
 Op = tuple[str, tuple[Any, ...]]
 Queued = tuple[list[Op], "concurrent.futures.Future[None]"]  # one future for a job's writes
@@ -131,9 +135,11 @@ class _Writer(threading.Thread):
 
 
 class RunStore:
-    def __init__(self, path: Path, *, busy_timeout: float = 5.0, exclusive: bool = False):
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0, exclusive: bool = False,
+                 partitions: bool = True):
         """Open (and create) the store. ``exclusive``: hold the run directory's lock, so two
-        runs never write to one store at once."""
+        runs never write to one store at once. ``partitions``: take in the stores Ray workers
+        left beside it (false for a worker's own partition)."""
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._lock_fd: int | None = None
@@ -158,6 +164,8 @@ class RunStore:
         # only the run that owns the directory loads saved answers; readers (plan) do not write
         try:
             self.replayed = self._replay_rescues() if exclusive else 0
+            self.absorbed = (0 if not partitions else self.absorb_partitions() if exclusive
+                             else self._absorb_if_idle())
         except StoreError:
             self.db.close()
             self._release_lock()
@@ -303,6 +311,80 @@ class RunStore:
             replayed += sum(1 for name, _ in ops if name == "response")
             rescue.unlink()
         return replayed
+
+    # -- partitions: the stores Ray workers wrote (textbook_gen/distributed_run.py)
+    def partitions(self) -> list[Path]:
+        return sorted(self.path.parent.glob(PARTITION_GLOB))
+
+    def _absorb_if_idle(self) -> int:
+        """A reader takes in partitions only while no run owns the directory (a killed Ray
+        run's workers wrote them): then every command sees one run."""
+        if not self.partitions():
+            return 0
+        self._take_lock_quietly()
+        if self._lock_fd is None:
+            return 0  # a run is live: it takes them in itself
+        try:
+            return self.absorb_partitions()
+        finally:
+            self._release_lock()
+
+    def _take_lock_quietly(self) -> None:
+        try:
+            self._take_lock()
+        except TextbookGenError:
+            self._lock_fd = None
+
+    def absorb_partitions(self) -> int:
+        """Take the answers of every partition no worker holds into this store, then remove
+        the partition. Idempotent: a crash between the two takes nothing in twice. An ok
+        answer is never replaced by a failure. Returns the answers taken in."""
+        import fcntl
+
+        taken = 0
+        for part in self.partitions():
+            lock = part.with_name(part.name + ".lock")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live worker's
+                taken += self._absorb(part)
+                for extra in ("", "-wal", "-shm", "-journal"):
+                    part.with_name(part.name + extra).unlink(missing_ok=True)
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        return taken
+
+    def _absorb(self, part: Path) -> int:
+        cols = ", ".join(c for c in _ALL_RESPONSE_COLUMNS)
+        try:
+            self.db.execute("ATTACH DATABASE ? AS part", (str(part),))
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                n = self.db.execute("SELECT COUNT(*) FROM part.responses WHERE status = 'ok'"
+                                    ).fetchone()[0]
+                self.db.execute("INSERT OR IGNORE INTO requests SELECT key, body, created_at"
+                                " FROM part.requests")
+                self.db.execute(
+                    f"INSERT INTO responses ({cols}) SELECT {cols} FROM part.responses WHERE"
+                    f" true ON CONFLICT(key) DO UPDATE SET "
+                    + ", ".join(f"{c}=excluded.{c}" for c in _ALL_RESPONSE_COLUMNS if c != "key")
+                    + " WHERE responses.status != 'ok'")
+                self.db.execute("INSERT OR REPLACE INTO jobs SELECT job_id, request_key,"
+                                " updated_at FROM part.jobs")
+                self.db.execute("COMMIT")
+            finally:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                self.db.execute("DETACH DATABASE part")
+        except sqlite3.Error as e:
+            raise StoreError(f"{part}: cannot take this Ray worker's answers into the run store:"
+                             f" {explain_sqlite(self.path, e, busy_timeout=self.busy_timeout)}."
+                             " Nothing is lost: the file stays until this succeeds") from None
+        return int(n)
 
     # -- requests and responses
     def put_request(self, req: Request) -> concurrent.futures.Future[None]:

@@ -71,17 +71,22 @@ def doc_number(file: int, row: int) -> int:
 
 def connect(address: str, workers: int | None) -> int:
     """Join (or, for ``local``, start) a Ray cluster; the number of CPUs it has."""
+    if address not in ("local", "auto"):
+        _probe(address)  # Ray itself retries an address no one answers at for minutes
+        # `ray start` clusters require the token it saved in ~/.ray; Ray's client sends it for
+        # auto but not for an explicit address unless told to (read when Ray is imported)
+        if "RAY_AUTH_MODE" not in os.environ and (
+                os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()):
+            os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray's C++ core logs warnings to this terminal (not the user's to act on)
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
     except ImportError:
         raise ConfigError('--ray needs Ray: pip install "textbook-gen[ray]"') from None
     if not ray.is_initialized():
-        # Ray's C++ core logs warnings to this terminal (not the user's to act on)
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                  "logging_level": "ERROR", "configure_logging": False}
-        if address not in ("local", "auto"):
-            _probe(address)  # Ray itself retries an address no one answers at for minutes
         try:
             if address == "local":
                 ray.init(num_cpus=workers or default_workers(), **quiet)

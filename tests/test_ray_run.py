@@ -1,0 +1,185 @@
+"""`run --ray`: generation on a real Ray cluster, store partitions, kills and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_SPEC
+from fakeapi import FakeAPI
+
+from textbook_gen.shards import iter_records
+
+pytest.importorskip("ray", reason="Ray is not installed (pip install 'textbook-gen[ray]')")
+
+MANY = SMALL_SPEC.replace(
+    "[counting, {name: fractions, weight: 2}]", "[" + ", ".join(f"t{i}" for i in range(30)) + "]"
+) + "engine: {concurrency: 6}\n"
+JOBS = 60  # 30 topics x 2 audiences
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OPENAI_API_KEY": "sk-test", "TEXTBOOK_GEN_RETRY_BASE_DELAY": "0.01"}
+
+
+def _start(spec: Path, out: Path, url: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "textbook_gen", "run", str(spec), "--out", str(out),
+         "--base-url", f"{url}/v1", "--quiet", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def _texts(out: Path) -> list[tuple[str, str]]:
+    return sorted((r["id"], r["text"]) for r in iter_records(out))
+
+
+def _stored(out: Path) -> set[str]:
+    db = sqlite3.connect(out / "run.sqlite")
+    try:
+        rows = db.execute("SELECT q.body FROM responses r JOIN requests q ON q.key = r.key"
+                          " WHERE r.status = 'ok'").fetchall()
+    finally:
+        db.close()
+    return {json.dumps(json.loads(b)["messages"], sort_keys=True) for (b,) in rows}
+
+
+def _messages(body: dict) -> str:
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in body["messages"]],
+                      sort_keys=True)
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def _pids(marker: str) -> list[int]:
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError):
+                if marker.encode() in Path(f"/proc/{d}/cmdline").read_bytes():
+                    found.append(int(d))
+    return found
+
+
+@pytest.fixture
+def cluster():
+    """A Ray cluster started with `ray start --head`, two CPUs; afterwards its processes (and
+    only they: those naming its session directory, and their workers) are stopped."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, env=_env())
+    session = os.path.basename(os.readlink("/tmp/ray/session_latest"))
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        for pid in _pids(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not _pids("ray::_Worker"), timeout=30)
+
+
+def test_ray_run_ends_with_the_same_records_as_one_process(write_spec, tmp_path, cluster):
+    spec = write_spec(MANY)
+    with FakeAPI(latency=0.01) as server:
+        one = _start(spec, tmp_path / "one", server.url)
+        assert one.wait(timeout=120) == 0, one.stderr.read()
+        sent_one = server.count()
+        ray = _start(spec, tmp_path / "ray", server.url, "--ray", cluster, "--workers", "2")
+        assert ray.wait(timeout=180) == 0, ray.stderr.read()
+        assert server.count() - sent_one == JOBS  # every job sent once, none twice
+    assert _texts(tmp_path / "ray") == _texts(tmp_path / "one")
+    assert not list((tmp_path / "ray").glob("run-part-*"))  # taken into run.sqlite
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["counts"]["records"] == JOBS
+    by_worker = manifest["this_run"]["ray"]["answers_by_worker"]
+    assert len(by_worker) == 2 and min(by_worker) > 0 and sum(by_worker) == JOBS
+
+
+def test_killed_ray_worker_loses_no_answer_and_the_rerun_resumes(write_spec, tmp_path, cluster):
+    spec = write_spec(MANY)
+    out = tmp_path / "run"
+    with FakeAPI(latency=0.15) as server:
+        proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
+        _wait_for(lambda: server.count() >= 15)
+        victims = _pids("ray::_Worker")
+        assert victims, "no Ray worker process found"
+        os.kill(victims[0], signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0
+        err = proc.stderr.read()
+        assert "a Ray worker died" in err and "Traceback" not in err
+        sent_before = server.count()
+        stored = _stored(out)
+        # concurrency 6 split over 2 workers: at most 3 paid answers were in flight in the
+        # killed worker; everything else that was paid is stored
+        assert len(stored) >= sent_before - 3
+        assert not list(out.glob("run-part-*.sqlite"))
+        proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
+        assert proc.wait(timeout=180) == 0, proc.stderr.read()
+        resent = [_messages(b) for b in server.generation_bodies()[sent_before:]]
+        assert not set(resent) & stored  # nothing stored is sent again
+        assert len(_texts(out)) == JOBS
+
+
+def test_killed_driver_leaves_partitions_that_plan_and_the_rerun_take_in(write_spec, tmp_path,
+                                                                        cluster):
+    spec = write_spec(MANY)
+    out = tmp_path / "run"
+    with FakeAPI(latency=0.15) as server:
+        proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
+        _wait_for(lambda: server.count() >= 15)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        _wait_for(lambda: not _pids("ray::_Worker"))  # the cluster ends a dead driver's actors
+        sent_before = server.count()
+        assert list(out.glob("run-part-*.sqlite"))  # the workers' answers, not yet taken in
+        plan = subprocess.run([sys.executable, "-m", "textbook_gen", "plan", str(spec), "--out",
+                               str(out)], capture_output=True, text=True, env=_env())
+        assert plan.returncode == 0, plan.stderr
+        assert not list(out.glob("run-part-*.sqlite"))  # plan took them in
+        stored = _stored(out)
+        assert len(stored) >= sent_before - 6
+        proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
+        assert proc.wait(timeout=180) == 0, proc.stderr.read()
+        resent = [_messages(b) for b in server.generation_bodies()[sent_before:]]
+        assert not set(resent) & stored
+        assert len(_texts(out)) == JOBS
+
+
+def test_budget_holds_across_ray_workers(write_spec, tmp_path, cluster):
+    spec = write_spec(MANY)
+    out = tmp_path / "run"
+    with FakeAPI(latency=0.01) as server:
+        proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2",
+                      "--max-cost", "0.002")
+        assert proc.wait(timeout=180) == 4, proc.stderr.read()
+        assert 0 < server.count() < JOBS
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert 0 < manifest["this_run"]["spent_usd"] <= 0.002
+    assert manifest["usage"]["cost_usd"] <= 0.002  # every answer stored, from every worker
+
+
+def test_ray_with_batch_is_one_message(write_spec, tmp_path):
+    spec = write_spec(MANY)
+    p = subprocess.run([sys.executable, "-m", "textbook_gen", "run", str(spec), "--out",
+                        str(tmp_path / "o"), "--ray", "local", "--batch"], capture_output=True,
+                       text=True, env=_env())
+    assert p.returncode == 2 and "--ray with --batch" in p.stderr and "Traceback" not in p.stderr

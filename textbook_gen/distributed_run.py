@@ -1,0 +1,264 @@
+"""``textbook-gen run --ray ADDRESS --workers N``: generation spread over a Ray cluster.
+
+Jobs are partitioned by a stable hash of their id. Each Ray worker is an actor with its own
+engine (its own connection pool), its share of the rate limits and of what is left of the
+budget, and its own store partition, ``run-part-NNN.sqlite`` in the run directory, written
+as durably as ``run.sqlite`` (each answer is committed before the worker takes its next
+job). A worker reads the run's store read-only beneath its partition, so a job answered
+before is not sent again and an answer cut short is continued, exactly as in one process.
+
+When a step ends (or fails, or is interrupted) the driver takes every partition into
+``run.sqlite`` (``RunStore.absorb_partitions``); a run killed before that leaves the
+partitions, and the next command that opens the store takes them in (``plan``, ``report``
+and the rerun all see one run). Curation then reads ``run.sqlite`` as always.
+
+Budget and rate limits are split into shares, not coordinated per request: the shares sum
+to the whole, so the cluster can never spend more than ``--max-cost`` or send faster than
+the limits, and no request waits on a round trip to a coordinator. The price: a worker that
+spends its share stops while another may have some left (at most one request's worst case
+each, plus whatever the others did not need), and a skewed partition finishes later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from textbook_gen.errors import ConfigError, TextbookGenError
+from textbook_gen.generator import GenerationStats, WorkItem
+from textbook_gen.ledger import Ledger, StageSpend
+from textbook_gen.progress import Progress
+from textbook_gen.spec import Curriculum
+from textbook_gen.store import _RESPONSE_COLUMNS, RunStore, StoredResponse
+
+STOP_ORDER = ("fatal", "collapse", "budget", "interrupted")  # the stop a run reports first
+
+
+def partition_of(job_id: str, n: int) -> int:
+    """The worker of a job: a stable hash of its id (the same on every machine and run)."""
+    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "big") % n
+
+
+def partition_path(run_dir: Path, k: int) -> Path:
+    return run_dir / f"run-part-{k:03d}.sqlite"
+
+
+class PartitionStore(RunStore):
+    """A worker's store: writes go to its partition; reads fall through to the run's store,
+    opened read-only as it was when the step began."""
+
+    def __init__(self, path: Path, base: Path):
+        super().__init__(path, exclusive=True, partitions=False)
+        self.base = (sqlite3.connect(f"file:{base}?mode=ro", uri=True, check_same_thread=False)
+                     if base.exists() else None)
+
+    def get_response(self, key: str) -> StoredResponse | None:
+        own = super().get_response(key)
+        if (own is not None and own.status == "ok") or self.base is None:
+            return own
+        row = self.base.execute(f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE key = ?",
+                                (key,)).fetchone()
+        theirs = StoredResponse(*row) if row else None
+        return theirs if theirs is not None and (own is None or theirs.status == "ok") else own
+
+    def job_key(self, job_id: str) -> str | None:
+        own = super().job_key(job_id)
+        if own is not None or self.base is None:
+            return own
+        row = self.base.execute("SELECT request_key FROM jobs WHERE job_id = ?",
+                                (job_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def close(self) -> None:
+        if self.base is not None:
+            self.base.close()
+        super().close()
+
+
+class _Worker:
+    """A Ray actor: one engine over its share of a step's jobs."""
+
+    def __init__(self, spec: Curriculum, part: str, base: str, retry_base_delay: float,
+                 rate_window: float):
+        self.spec, self.part, self.base = spec, Path(part), Path(base)
+        self.retry_base_delay, self.rate_window = retry_base_delay, rate_window
+        self.generator: Any = None
+        self.stopped = False  # asked to stop before its step began
+
+    def run(self, items: list[WorkItem], stage: str, max_cost: float | None,
+            max_tokens: int | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        from textbook_gen.run import make_generator
+
+        ledger = Ledger(max_cost, max_tokens)
+        with PartitionStore(self.part, self.base) as store:
+            self.generator = make_generator(self.spec, store, ledger, batch=False,
+                                            retry_base_delay=self.retry_base_delay,
+                                            rate_window=self.rate_window, poll_interval=30.0,
+                                            stage=stage)
+            if self.stopped:
+                self.generator.request_stop()
+
+            async def main() -> GenerationStats:
+                try:
+                    return await self.generator.run(items, len(items))
+                finally:
+                    await self.generator.aclose()
+
+            stats = asyncio.run(main())
+        return _stats_dict(stats), {k: asdict(v) for k, v in ledger.stages.items()}
+
+    def stats(self) -> dict[str, Any]:
+        return _stats_dict(self.generator.stats) if self.generator is not None else {}
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.generator is not None:
+            self.generator.request_stop()
+
+
+def _stats_dict(s: GenerationStats) -> dict[str, Any]:
+    return {f.name: getattr(s, f.name) for f in fields(s)}
+
+
+def _share(spec: Curriculum, n: int) -> Curriculum:
+    """The spec a worker runs: its share of the concurrency and of every rate limit."""
+    e = spec.engine
+
+    def part(x: int | None) -> int | None:
+        return None if x is None else max(1, x // n)
+
+    return spec.model_copy(update={"engine": e.model_copy(update={
+        "concurrency": max(1, math.ceil(e.concurrency / n)), "rpm": part(e.rpm),
+        "tpm": part(e.tpm), "input_tpm": part(e.input_tpm), "output_tpm": part(e.output_tpm),
+        "max_cost_usd": None, "max_total_tokens": None})})
+
+
+class RayGeneration:
+    """The actors of one run, reused by every step (each round of the loop, each stage)."""
+
+    def __init__(self, spec: Curriculum, store: RunStore, address: str, workers: int | None,
+                 retry_base_delay: float, rate_window: float):
+        from textbook_gen.curate.distributed import connect
+
+        cpus = connect(address, workers)
+        import ray
+
+        self.ray = ray
+        self.store = store
+        self.n = max(1, workers or cpus)
+        # threaded: stats() and stop() answer while run() works
+        actor: Any = ray.remote(max_concurrency=4, max_restarts=0)(_Worker)  # type: ignore[call-overload]
+        share = _share(spec, self.n)
+        self.actors = [actor.remote(share, str(partition_path(store.path.parent, k)),
+                                    str(store.path), retry_base_delay, rate_window)
+                       for k in range(self.n)]
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.store.absorb_partitions()
+
+    def generate(self, items: Iterator[WorkItem], count: int, label: str, stage: str,
+                 ledger: Ledger, progress: Progress) -> GenerationStats:
+        """Bring the step's jobs to an end state in the store, on the cluster."""
+        shares: list[list[WorkItem]] = [[] for _ in range(self.n)]
+        for item in items:  # rendering prompts is the driver's: the spec's files are here
+            shares[partition_of(item.job_id, self.n)].append(item)
+        self.store.commit()  # what the workers read beneath their partitions is on disk
+        cost = (None if ledger.max_cost_usd is None else
+                max(0.0, ledger.max_cost_usd - ledger.spent_usd) / self.n)
+        tokens = (None if ledger.max_tokens is None else
+                  max(0, ledger.max_tokens - ledger.tokens) // self.n)
+        refs = [a.run.remote(share, stage, cost, tokens)
+                for a, share in zip(self.actors, shares, strict=True)]
+        live = GenerationStats(total=count)
+        results: list[Any] = []
+        try:
+            with progress.generation(live, label):
+                results = self._wait(refs, live)
+        except KeyboardInterrupt:
+            self.stop()
+            results = self._wait(refs, live)
+        except Exception as e:
+            raise _unwrapped(e) from None
+        finally:
+            self.store.absorb_partitions()  # an error or not: every stored answer is kept
+        total = GenerationStats(total=count)
+        answers = ledger.ray.setdefault("answers_by_worker", [0] * self.n)
+        ledger.ray["workers"] = self.n
+        for k, (stats, _) in enumerate(results):
+            answers[k] += stats.get("succeeded", 0)
+        for stats, stages in results:
+            part = GenerationStats()
+            for k, v in stats.items():
+                setattr(part, k, v)
+            total.add(part)
+            for name, spend in stages.items():
+                ledger.add(name, StageSpend(**spend))
+        total.total = count
+        stops = {s.get("stop_reason") for s, _ in results} - {None}
+        total.stop_reason = next((r for r in STOP_ORDER if r in stops), None)
+        if ledger.max_cost_usd is not None and total.stop_reason == "budget":
+            ledger.exhausted = True
+        return total
+
+    def _wait(self, refs: list[Any], live: GenerationStats) -> list[Any]:
+        """Every worker's result. When one fails (its process died, a fatal API error), the
+        others are asked to stop: what they have in flight is answered and stored, then the
+        first error is raised."""
+        pending = list(refs)
+        error: BaseException | None = None
+        while pending:
+            ready, pending = self.ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in ready:
+                try:
+                    self.ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - raised once the others settle
+                    if error is None:
+                        error = e
+                        self.stop()
+            polls = [a.stats.remote() for a in self.actors]
+            answered, _ = self.ray.wait(polls, num_returns=len(polls), timeout=2.0)
+            snapshot = []
+            for ref in answered:
+                with contextlib.suppress(Exception):  # a dead worker has no stats
+                    snapshot.append(self.ray.get(ref))
+            for name in ("done", "cached", "sent", "succeeded", "failed", "truncated",
+                         "refused", "retries", "in_flight", "input_tokens", "output_tokens",
+                         "cost_usd"):
+                setattr(live, name, sum(s.get(name, 0) for s in snapshot if s))
+        if error is not None:
+            raise error
+        return list(self.ray.get(refs))
+
+    def stop(self) -> None:
+        """No new requests on any worker; those in flight finish and are stored."""
+        for a in self.actors:
+            a.stop.remote()
+
+
+def _unwrapped(e: BaseException) -> BaseException:
+    from textbook_gen.curate.distributed import _unwrap
+
+    inner = _unwrap(e)
+    if isinstance(inner, TextbookGenError):
+        return inner
+    if type(e).__name__ in ("ActorDiedError", "RayActorError", "ActorUnavailableError"):
+        return TextbookGenError(
+            "a Ray worker died during generation (its node was lost or it was killed). Every "
+            "answer it had stored is kept; run the same command again to go on")
+    return e
+
+
+def check_ray_options(batch: bool, ray: str | None) -> None:
+    if ray is not None and batch:
+        raise ConfigError("--ray with --batch: a batch is one submission to the provider;"
+                          " there is nothing to spread over a cluster. Use one or the other")
+
