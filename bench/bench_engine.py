@@ -2,7 +2,7 @@
 measured in the same run on the same server.
 
   python bench/bench_engine.py                  # all three measurements
-  python bench/bench_engine.py --only speed     # speed | latency | memory | watch
+  python bench/bench_engine.py --only speed     # speed | latency | memory | watch | ray
 
 speed:   zero-latency server; a full `run` (render, store, token counting, shards, progress)
          vs the bare official openai SDK sending the same number of requests.
@@ -11,6 +11,7 @@ latency: 200 ms server latency, 500 requests in flight; vs the ideal rate (500 /
 memory:  peak RSS of a full run of 5,000 jobs vs a 100,000-job spec whose run is cut off
          (--limit) at the same number of requests: memory follows work in flight, not the
          curriculum's size. A third figure runs all 100,000 jobs if --full-memory is given.
+ray:     zero-latency server; `run --ray local` with 1 and 2 Ray workers vs one process.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ async def bare_sdk(url: str, n: int, concurrency: int) -> float:
 
 
 def ours(url: str, n: int, concurrency: int, *, limit: int | None = None,
-         jobs: int | None = None, watch: bool = True) -> tuple[float, dict]:
+         jobs: int | None = None, watch: bool = True, ray_workers: int | None = None
+         ) -> tuple[float, dict]:
     """A full run in a child process; returns requests/s and the child's report."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = write_spec(Path(tmp), jobs or n, concurrency, watch)
@@ -109,10 +111,15 @@ def ours(url: str, n: int, concurrency: int, *, limit: int | None = None,
             spec = apply_overrides(load_curriculum({str(spec)!r}),
                                    Overrides(base_url=[{url + '/v1'!r}]))
             console = Console(file=io.StringIO(), force_terminal=True, width=120)
+            ray_workers = {ray_workers!r}
+            if ray_workers:  # the cluster starts before the clock does
+                from textbook_gen.curate.distributed import connect
+                connect("local", ray_workers)
             t = time.perf_counter()
             progress = RichProgress(console)
             r = run_curriculum(spec, out_dir=Path({tmp!r}) / "out", limit={limit!r},
-                               progress=progress)
+                               progress=progress, ray="local" if ray_workers else None,
+                               workers=ray_workers)
             progress.close()
             elapsed = time.perf_counter() - t
             print(json.dumps({{"elapsed": elapsed, "sent": r.stats.sent, "records": r.records,
@@ -181,6 +188,24 @@ def bench_memory(n: int, full: bool) -> None:
               f"{big['elapsed']:.0f} s)")
 
 
+def bench_ray(n: int) -> None:
+    """Generation through Ray (run --ray local) with 1 and 2 workers against the
+    single-process engine, same zero-latency server, same run; the local cluster is started
+    before the clock. The machine has 2 cores, shared by the server, the driver and the
+    workers."""
+    server = Server(0.0)
+    try:
+        one, _ = ours(server.url, n, 32)
+        rates = {k: ours(server.url, n, 32, ray_workers=k)[0] for k in (1, 2)}
+    finally:
+        server.close()
+    print(f"[ray]     zero latency, {n} requests, 32 in flight in all (split over workers)")
+    print(f"          one process: {one:7.1f} req/s")
+    for k, rate in rates.items():
+        print(f"          Ray, {k} worker{'s' if k > 1 else ' '}: {rate:7.1f} req/s "
+              f"({rate / one:.2f}x one process)")
+
+
 def bench_watch(n: int) -> None:
     """What the collapse watch costs a run: the same zero-latency run with it on and off,
     five times each, the order alternating (goal: within 5%)."""
@@ -199,7 +224,7 @@ def bench_watch(n: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", choices=["speed", "latency", "memory", "watch"])
+    ap.add_argument("--only", choices=["speed", "latency", "memory", "watch", "ray"])
     ap.add_argument("-n", type=int, default=3000, help="requests per measurement")
     ap.add_argument("--full-memory", action="store_true", help="also run all 100,000 jobs")
     a = ap.parse_args()
@@ -211,6 +236,8 @@ def main() -> None:
         bench_memory(min(a.n, 5000), a.full_memory)
     if a.only in (None, "watch"):
         bench_watch(a.n)
+    if a.only in (None, "ray"):
+        bench_ray(a.n)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ if __name__ == "__main__":
     dups = {rec["id"]: rec["rejected"]["reason"].split(" of ")[1]
             for rec in iter_records(Path(out), "rejects") if rec["rejected"]["stage"] == "dedup"}
     workers_mb = sorted((v for (k, _), v in peaks.items() if k == "worker"), reverse=True)
-    print(json.dumps({"s": elapsed, "phases": r.phases, "kept": kept, "dups": dups, "driver_mb": peak_rss_mb(),
+    print(json.dumps({"s": elapsed, "phases": r.phases, "kept": kept, "dups": dups,
+                      "driver_mb": peak_rss_mb(),
                       "pool_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                       "ray_workers_mb": workers_mb[:8],
                       "ray_cluster_mb": sum(v for (k, _), v in peaks.items() if k == "cluster")}))

@@ -95,6 +95,10 @@ def cluster():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _wait_for(lambda: not _pids("ray::_Worker"), timeout=30)
+        current = Path("/tmp/ray/ray_current_cluster")  # ray start's note for `auto`: ours
+        with contextlib.suppress(OSError):
+            if current.read_text().strip().endswith(f":{port}"):
+                current.unlink()
 
 
 def test_ray_run_ends_with_the_same_records_as_one_process(write_spec, tmp_path, cluster):

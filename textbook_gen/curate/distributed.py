@@ -89,7 +89,7 @@ def connect(address: str, workers: int | None) -> int:
                                  "logging_level": "ERROR", "configure_logging": False}
         try:
             if address == "local":
-                ray.init(num_cpus=workers or default_workers(), **quiet)
+                ray.init(address="local", num_cpus=workers or default_workers(), **quiet)
             else:
                 ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as e:
