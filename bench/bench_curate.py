@@ -6,6 +6,7 @@
 Runs, each in its own child process on the same corpus, in the same run:
   dedup alone          the Deduplicator fed straight from the file (bench_dedup's child)
   curate, dedup only   curate_corpus with every stage but dedup off, 1 worker and every core
+                       (and again with count_tokens: false)
   curate, per-document curate_corpus with filters and decontamination on, dedup off
 Prints times, the ratio of curate (dedup only) to dedup alone, the speed-up of every core
 over one on both configurations, peak memory, and whether every configuration kept the same
@@ -40,9 +41,10 @@ from textbook_gen.shards import iter_records
 if __name__ == "__main__":
     path, out, mode, workers, bench = sys.argv[1:6]
     s = CurationSettings(verify_code=False, decontaminate=[bench])
-    if mode == "dedup":
+    if mode.startswith("dedup"):
         s = s.all_stages_off()
-        s = s.model_copy(update={"dedup": s.dedup.model_copy(update={"exact": True, "near": True})})
+        s = s.model_copy(update={"dedup": s.dedup.model_copy(update={"exact": True, "near": True}),
+                                 "count_tokens": mode == "dedup"})
     else:
         s = s.model_copy(update={"dedup": s.dedup.model_copy(update={"exact": False, "near": False})})
     t = time.perf_counter()
@@ -92,21 +94,27 @@ def main() -> None:
         dedup = child(DEDUP_CHILD, str(path), "0.8")
         print(f"[dedup]   alone: {dedup['total_s']:.1f} s, peak {dedup['maxrss_mb']:.0f} MB")
         runs = {}
-        for mode in ("dedup", "per-document"):
+        for mode in ("dedup", "dedup-uncounted", "per-document"):
             for workers in (1, every):
                 r = child(CURATE_CHILD, str(path), str(Path(tmp) / f"out-{mode}-{workers}"),
-                          mode.split("-")[0], str(workers), str(bench))
+                          mode if mode.startswith("dedup") else "per-document", str(workers),
+                          str(bench))
                 runs[mode, workers] = r
                 print(f"[curate]  {mode:12} workers {workers}: {r['s']:6.1f} s, {r['kept']:,} "
                       f"kept (ids {r['kept_sha']}), peak {r['rss_mb']:.0f} MB"
                       + (f" + {r['worker_rss_mb']:.0f} MB per worker" if workers > 1 else ""))
         d1, dn = runs["dedup", 1], runs["dedup", every]
+        u1, un = runs["dedup-uncounted", 1], runs["dedup-uncounted", every]
         p1, pn = runs["per-document", 1], runs["per-document", every]
         print(f"[ratio]   curate with dedup only / dedup alone: {d1['s'] / dedup['total_s']:.2f}x "
               f"with 1 worker, {dn['s'] / dedup['total_s']:.2f}x with {every}")
+        print(f"[ratio]   the same without token counts (count_tokens: false): "
+              f"{u1['s'] / dedup['total_s']:.2f}x with 1 worker, {un['s'] / dedup['total_s']:.2f}x "
+              f"with {every}")
         print(f"[ratio]   every core ({every}) against one: dedup only {d1['s'] / dn['s']:.2f}x "
               f"faster, per-document stages {p1['s'] / pn['s']:.2f}x faster")
-        same = d1["kept_sha"] == dn["kept_sha"] and p1["kept_sha"] == pn["kept_sha"]
+        same = (d1["kept_sha"] == dn["kept_sha"] and p1["kept_sha"] == pn["kept_sha"]
+                and u1["kept_sha"] == un["kept_sha"])
         print(f"[same]    kept sets equal across worker counts: {same}")
         dropped = len({tuple(x) for x in dedup["dropped"]})
         print(f"[check]   dedup alone dropped {dropped:,}; curate (dedup only) dropped "

@@ -107,3 +107,30 @@ def test_workers_below_one_is_one_message(tmp_path, value):
                         str(tmp_path / "out"), "--workers", value], capture_output=True, text=True)
     assert p.returncode == 2
     assert "--workers: must be at least 1" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_without_token_counts_the_same_records_are_kept_with_no_counts(tmp_path):
+    corpus, bench = _corpus(tmp_path)
+    counted = CurationSettings(verify_code=False, decontaminate=[str(bench)], min_tokens=0)
+    uncounted = counted.model_copy(update={"count_tokens": False})
+    curate_corpus([corpus], tmp_path / "counted", counted, workers=2)
+    curate_corpus([corpus], tmp_path / "uncounted", uncounted, workers=2)
+    kept1, rejects1, _ = _outcome(tmp_path / "counted")
+    kept2, rejects2, _ = _outcome(tmp_path / "uncounted")
+    # dedup ranks longer documents first either way (tokens, or characters without counts);
+    # this corpus's clusters are decided the same by both
+    assert set(kept1) == set(kept2) and set(rejects1) == set(rejects2)
+    assert all(r["quality"]["tokens"] is None for r in read_kept(tmp_path / "uncounted"))
+    assert all(isinstance(r["quality"]["tokens"], int) for r in read_kept(tmp_path / "counted"))
+
+
+def test_token_limits_without_counts_is_one_message(tmp_path):
+    config = tmp_path / "curation.yaml"
+    config.write_text("count_tokens: false\n")  # min_tokens keeps its default, 50
+    corpus, _ = _corpus(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "textbook_gen", "curate", str(corpus), "--out",
+                        str(tmp_path / "out"), "--config", str(config)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "count_tokens: false leaves nothing to hold min_tokens" in p.stderr
+    assert "curation.yaml" in p.stderr

@@ -44,7 +44,7 @@ class ChunkFacts:
     default filters; ``passing`` lists those, and ``keys``, ``digests`` and ``hits`` are
     rows of the passing records only."""
 
-    tokens: list[int]
+    tokens: list[int] | list[None]  # None each where counts are off
     reasons: list[str | None]
     passing: list[int]
     keys: list[bytes] | None
@@ -73,7 +73,8 @@ class DocumentStage:
 
     def __call__(self, records: list[Record]) -> ChunkFacts:
         texts = [str(r.get("text", "")) for r in records]
-        tokens = count_tokens_batch(texts, threads=self.threads)
+        tokens: list[int] | list[None] = (count_tokens_batch(texts, threads=self.threads)
+                                          if self.settings.count_tokens else [None] * len(texts))
         reasons: list[str | None] = []
         passing = []
         for i, (record, n) in enumerate(zip(records, tokens, strict=True)):
@@ -84,7 +85,7 @@ class DocumentStage:
         keys, digests, hits = self.signed([texts[i] for i in passing])
         return ChunkFacts(tokens, reasons, passing, keys, digests, hits, os.getpid())
 
-    def reason(self, record: Record, tokens: int) -> str | None:
+    def reason(self, record: Record, tokens: int | None) -> str | None:
         """The reason the first default filter gives to reject the record, or None."""
         q = record.get("quality")
         # the filters read the token count from the record: give them a shallow copy of it

@@ -198,7 +198,8 @@ def default_filters(s: CurationSettings) -> list[Filter]:
         filters.append(TruncatedFilter())
     if s.reject_refusals:
         filters.append(RefusalFilter())
-    filters.append(LengthFilter(s.min_tokens, s.max_tokens))
+    if s.count_tokens:  # without counts there are no limits (the settings see to it)
+        filters.append(LengthFilter(s.min_tokens, s.max_tokens))
     if s.stock_openers:
         filters.append(StockOpenerFilter(s.stock_openers))
     if s.check_structure:

@@ -269,7 +269,8 @@ class _Curation:
                 if v.text != r["text"]:
                     q["exercises_removed"] = v.total - v.passed
                     r["text"] = v.text
-                    q["tokens"] = count_tokens(v.text)  # what is kept is what dedup ranks
+                    if self.s.count_tokens:  # what is kept is what dedup ranks
+                        q["tokens"] = count_tokens(v.text)
             c.kept += 1
             out.append(r)
         return out

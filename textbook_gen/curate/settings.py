@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -85,6 +85,10 @@ class DedupSettings(_Strict):
 
 class CurationSettings(_Strict):
     enabled: bool = True
+    count_tokens: bool = Field(True, description="count every document's tokens (tiktoken "
+                               "cl100k) into quality.tokens; false skips the count, the "
+                               "largest per-document cost of curation, and needs min_tokens: 0 "
+                               "and no max_tokens")
     min_tokens: int = Field(50, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     reject_truncated: bool = True
@@ -104,6 +108,14 @@ class CurationSettings(_Strict):
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     decontaminate: list[Benchmark] = Field(default_factory=list)
     decontam_ngram: int = Field(13, ge=3, le=50)
+
+    @model_validator(mode="after")
+    def _limits_need_counts(self) -> CurationSettings:
+        if not self.count_tokens and (self.min_tokens or self.max_tokens is not None):
+            raise ValueError("count_tokens: false leaves nothing to hold min_tokens and "
+                             "max_tokens against; set min_tokens: 0 and remove max_tokens, or "
+                             "count tokens")
+        return self
 
     @field_validator("decontaminate", mode="before")
     @classmethod
