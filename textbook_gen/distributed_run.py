@@ -56,8 +56,10 @@ class PartitionStore(RunStore):
 
     def __init__(self, path: Path, base: Path):
         super().__init__(path, exclusive=True, partitions=False)
-        self.base = (sqlite3.connect(f"file:{base}?mode=ro", uri=True, check_same_thread=False)
-                     if base.exists() else None)
+        # immutable: no locks and no shared memory, so a worker on another node reads it over
+        # a network filesystem; the driver checkpointed it and does not write during a step
+        self.base = (sqlite3.connect(f"file:{base}?mode=ro&immutable=1", uri=True,
+                                     check_same_thread=False) if base.exists() else None)
 
     def get_response(self, key: str) -> StoredResponse | None:
         own = super().get_response(key)
@@ -171,7 +173,7 @@ class RayGeneration:
         shares: list[list[WorkItem]] = [[] for _ in range(self.n)]
         for item in items:  # rendering prompts is the driver's: the spec's files are here
             shares[partition_of(item.job_id, self.n)].append(item)
-        self.store.commit()  # what the workers read beneath their partitions is on disk
+        self.store.checkpoint()  # what the workers read beneath their partitions: one file
         cost = (None if ledger.max_cost_usd is None else
                 max(0.0, ledger.max_cost_usd - ledger.spent_usd) / self.n)
         tokens = (None if ledger.max_tokens is None else

@@ -312,6 +312,17 @@ class RunStore:
             rescue.unlink()
         return replayed
 
+    def checkpoint(self) -> None:
+        """Every committed write into the database file itself (the WAL emptied), so that a
+        reader opening it immutable (a Ray worker, maybe on another node) sees all of it."""
+        self.commit()
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot checkpoint the run store: "
+                             f"{explain_sqlite(self.path, e, busy_timeout=self.busy_timeout)}"
+                             ) from None
+
     # -- partitions: the stores Ray workers wrote (textbook_gen/distributed_run.py)
     def partitions(self) -> list[Path]:
         return sorted(self.path.parent.glob(PARTITION_GLOB))

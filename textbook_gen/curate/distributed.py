@@ -176,14 +176,21 @@ def _read_file(path: str, file: int, renames: dict[int, str]) -> Iterator[tuple[
         yield doc, record
 
 
-def _ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+BLOCK = 8 * CHUNK  # rows a worker hands on at a time: its memory, whatever the file's size
+
+
+def _ids(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     docs: list[int] = []
     ids: list[str] = []
     for file, path in zip(batch["file"], batch["path"], strict=True):
         for doc, record in _read_file(str(path), int(file), {}):
             docs.append(doc)
             ids.append(record["id"])
-    return {"doc": np.asarray(docs, dtype=np.int64), "rid": np.asarray(ids, dtype=object)}
+            if len(docs) >= BLOCK:
+                yield {"doc": np.asarray(docs, dtype=np.int64), "rid": np.asarray(ids, dtype=object)}
+                docs, ids = [], []
+    yield {"doc": np.asarray(docs, dtype=np.int64), "rid": np.asarray(ids, dtype=object)}
+    # (the last block may be empty: Ray Data unifies an empty column's type with the others)
 
 
 def _renames(files: Any) -> dict[int, str]:
@@ -218,7 +225,7 @@ class _PerDocument:
         self.stage = DocumentStage(settings)
         self.bands, self.rows = lsh_params(settings.near_dup_threshold, settings.dedup.num_perm)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         import zstandard
 
         d = self.settings.dedup
@@ -251,10 +258,17 @@ class _PerDocument:
                         for b in range(self.bands):
                             part = digests[:, b * self.rows:(b + 1) * self.rows]
                             cols[f"band{b}"].extend(band_keys(part).tolist() if len(part) else [])
+                    if len(cols["doc"]) >= BLOCK:
+                        yield self._batch(cols)
+                        cols = defaultdict(list)
             stats = {"counts": {k: v.to_dict() for k, v in c.counts.items()},
                      "decontam": [[i.hit_documents, sorted(i.hit_items)]
                                   for i in c.decontam.indexes]}
             Path(f"{self.prefix}-stats-{int(file):05d}.json").write_text(json.dumps(stats))
+        yield self._batch(cols)
+
+    def _batch(self, cols: dict[str, list[Any]]) -> dict[str, np.ndarray]:
+        d = self.settings.dedup
         out = {"doc": np.asarray(cols["doc"], dtype=np.int64),
                "rid": np.asarray(cols["rid"], dtype=object),
                "rank": np.asarray(cols["rank"], dtype=np.float64).reshape(-1, 3),
@@ -334,8 +348,9 @@ class _Shingles:
     def __init__(self, prefix: str, wanted: np.ndarray, k: int):
         self.prefix, self.wanted, self.k = prefix, wanted, k
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        docs, shingles = [], []
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        docs: list[int] = []
+        shingles: list[bytes] = []
         for file in batch["file"]:
             for kept, _ in _spool_frames(_spool_path(self.prefix, int(file))):
                 for doc, record in kept:
@@ -344,8 +359,11 @@ class _Shingles:
                         docs.append(doc)
                         shingles.append(shingle_hashes(word_hashes(record.get("text", "")),
                                                        self.k).tobytes())
-        return {"doc": np.asarray(docs, dtype=np.int64),
-                "sh": np.asarray(shingles, dtype=object)}
+                if len(docs) >= BLOCK:
+                    yield {"doc": np.asarray(docs, dtype=np.int64),
+                           "sh": np.asarray(shingles, dtype=object)}
+                    docs, shingles = [], []
+        yield {"doc": np.asarray(docs, dtype=np.int64), "sh": np.asarray(shingles, dtype=object)}
 
 
 def _similar(batch: dict[str, np.ndarray], threshold: float) -> dict[str, np.ndarray]:
