@@ -39,6 +39,7 @@ from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.shards import iter_records
 
 peaks = {}
+private = {}
 def sample(stop):
     # each Ray process's own peak (VmHWM), read from /proc while it lives
     me = os.getpid()
@@ -52,10 +53,14 @@ def sample(stop):
                 if not ("ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd):
                     continue
                 with open(f"/proc/{d}/status") as f:
-                    hwm = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
-                kind = "worker" if "ray::" in cmd else "cluster"
+                    fields = dict(x.split(":", 1) for x in f if ":" in x)
+                hwm = int(fields["VmHWM"].split()[0]) / 1024
+                anon = int(fields["RssAnon"].split()[0]) / 1024  # its own pages, not the
+                kind = "worker" if "ray::" in cmd else "cluster"  # object store's shared ones
+                name = cmd.split()[0] if kind == "worker" else "cluster"
                 peaks[(kind, d)] = max(peaks.get((kind, d), 0), hwm)
-            except (OSError, StopIteration, ValueError):
+                private[(name, d)] = max(private.get((name, d), 0), anon)
+            except (OSError, KeyError, ValueError):
                 pass
         stop.wait(0.2)
 
@@ -78,6 +83,8 @@ if __name__ == "__main__":
                       "driver_mb": peak_rss_mb(),
                       "pool_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                       "ray_workers_mb": workers_mb[:8],
+                      "ray_private_mb": sorted(([v, k] for (k, _), v in private.items()
+                                                if k != "cluster"), reverse=True)[:6],
                       "ray_cluster_mb": sum(v for (k, _), v in peaks.items() if k == "cluster")}))
 """
 
@@ -137,6 +144,9 @@ def main() -> None:
               f"{', '.join(f'{x:.0f}' for x in dist['ray_workers_mb'])} MB, cluster services "
               f"{dist['ray_cluster_mb']:.0f} MB")
         print("[steps]   " + ", ".join(f"{k} {v:.1f} s" for k, v in dist["phases"].items()))
+        print("[private] Ray workers' own memory (RssAnon, sampled; the object store's shared "
+              "pages left out): " + ", ".join(f"{n} {v:.0f} MB" for v, n in
+                                              dist["ray_private_mb"]))
         same = set(single["kept"]) == set(dist["kept"]) and single["dups"] == dist["dups"]
         r1, p1 = quality(single, info["planted"])
         r2, p2 = quality(dist, info["planted"])
@@ -144,8 +154,10 @@ def main() -> None:
         print(f"[quality] one process: recall {r1:.4f}, precision {p1:.4f}; "
               f"Ray: recall {r2:.4f}, precision {p2:.4f}")
         top = max(dist["ray_workers_mb"] or [0])
+        own = max((v for v, _ in dist["ray_private_mb"]), default=0)
         print(f"[ratio]   Ray / one process time: {dist['s'] / single['s']:.2f}x; largest Ray "
-              f"worker peak / one-process peak: {top / single['driver_mb']:.2f}")
+              f"worker peak / one-process peak: {top / single['driver_mb']:.2f} (RSS), "
+              f"{own / single['driver_mb']:.2f} (its own memory)")
         if not same:
             raise SystemExit("Ray kept a different set")
 

@@ -136,6 +136,14 @@ def _col(name: str) -> Any:
     return col(name)
 
 
+SHUFFLE_ROWS = 250_000  # rows a shuffle partition holds at most: an aggregator's memory
+
+
+def _partitions(ds: Any, at_least: int) -> int:
+    """Partitions for a shuffle of ``ds``: enough that each holds SHUFFLE_ROWS rows at most."""
+    return max(at_least, -(-ds.count() // SHUFFLE_ROWS))
+
+
 def _more_than_one() -> Any:
     """A groupby-count row of a key seen twice or more."""
     return _col("count()") > 1
@@ -196,7 +204,8 @@ def _ids(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
 def _renames(files: Any) -> dict[int, str]:
     """Documents whose id was seen before, in document order: ``id#k`` for the k-th."""
     ids = files.map_batches(_ids, batch_size=1).materialize()
-    repeated = ids.groupby("rid").count().filter(expr=_more_than_one())
+    repeated = ids.groupby("rid", num_partitions=_partitions(ids, 2)).count().filter(
+        expr=_more_than_one())
     again = {str(x) for x in _columns(repeated, ["rid"])["rid"]}
     if not again:
         return {}
@@ -275,7 +284,8 @@ class _PerDocument:
                "key": np.asarray(cols["key"], dtype=object)}
         if d.near:
             for b in range(self.bands):
-                out[f"band{b}"] = np.asarray(cols[f"band{b}"], dtype=np.uint64)
+                # as int64 (the same bits): Arrow's filters compare signed integers
+                out[f"band{b}"] = np.asarray(cols[f"band{b}"], dtype=np.uint64).view(np.int64)
         return out
 
     @staticmethod
@@ -291,7 +301,8 @@ class _PerDocument:
 
 def _exact_edges(facts: Any) -> list[tuple[int, int]]:
     """(first, twin): every later document with the same exact key as an earlier one."""
-    twins = facts.select_columns(["doc", "key"]).groupby("key").count().filter(
+    twins = facts.select_columns(["doc", "key"]).groupby(
+        "key", num_partitions=_partitions(facts, 2)).count().filter(
         expr=_more_than_one())
     keys = {bytes(k) for k in _columns(twins, ["key"])["key"] if k}
     if not keys:
@@ -310,32 +321,36 @@ def _exact_edges(facts: Any) -> list[tuple[int, int]]:
 
 
 def _explode(batch: dict[str, np.ndarray], bands: int) -> dict[str, np.ndarray]:
+    """One row per (document, band): the band's key, and both folded into one int64."""
     n = len(batch["doc"])
-    return {"band": np.repeat(np.arange(bands, dtype=np.int64), n),
-            # as int64 (the same bits): Arrow's filters compare signed integers
-            "bkey": (np.concatenate([batch[f"band{b}"] for b in range(bands)]).view(np.int64)
-                     if n else np.zeros(0, np.int64)),
-            "doc": np.tile(batch["doc"], bands)}
+    keys = (np.concatenate([batch[f"band{b}"] for b in range(bands)]) if n
+            else np.zeros(0, np.int64))
+    band = np.repeat(np.arange(bands, dtype=np.int64), n)
+    with np.errstate(over="ignore"):
+        folded = (keys.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+                  + band.view(np.uint64)).view(np.int64)
+    return {"bk": folded, "band": band, "bkey": keys, "doc": np.tile(batch["doc"], bands)}
 
 
-def _candidate_pairs(facts: Any, bands: int) -> np.ndarray:
+def _candidate_pairs(facts: Any, bands: int, partitions: int) -> np.ndarray:
     """(i, j), i < j, sharing a bucket: each bucket links its members to its first, as
-    ``dedup.candidate_pairs`` does in one process."""
-    exploded = facts.map_batches(_explode, fn_kwargs={"bands": bands},
-                                 batch_format="numpy").materialize()
-    full = exploded.groupby(["band", "bkey"]).count().filter(expr=_more_than_one())
-    cols = _columns(full, ["band", "bkey"])
-    buckets = set(zip(cols["band"].tolist(), cols["bkey"].tolist(), strict=True))
-    if not buckets:
+    ``dedup.candidate_pairs`` does in one process. The shuffle counts one int64 per
+    (document, band), the band folded into its key; the members of keys counted twice or more
+    come back and are grouped by (band, key) exactly, so a folding collision only brings back
+    rows that are then left alone."""
+    exploded = facts.select_columns(["doc", *[f"band{b}" for b in range(bands)]]).map_batches(
+        _explode, fn_kwargs={"bands": bands}, batch_format="numpy")
+    full = exploded.select_columns(["bk"]).groupby("bk", num_partitions=partitions).count(
+    ).filter(expr=_more_than_one())
+    keys = sorted({int(k) for k in _columns(full, ["bk"])["bk"].tolist()})
+    if not keys:
         return np.zeros((0, 2), dtype=np.int64)
-    members = _columns(exploded.filter(expr=_col("bkey").is_in(sorted({k for _, k in buckets}))),
-                       ["band", "bkey", "doc"])
+    members = _columns(exploded.filter(expr=_col("bk").is_in(keys)), ["band", "bkey", "doc"])
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for b, k, doc in zip(members["band"].tolist(), members["bkey"].tolist(),
                          members["doc"].tolist(), strict=True):
-        if (b, k) in buckets:
-            groups[b, k].append(doc)
-    pairs = [(min(g), m) for g in groups.values() for m in g if m != min(g)]
+        groups[b, k].append(doc)
+    pairs = [(min(g), m) for g in groups.values() if len(g) > 1 for m in g if m != min(g)]
     return np.unique(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=0)
 
 
@@ -557,8 +572,7 @@ def curate_on_ray(inputs: list[Path], build: Build, settings: CurationSettings, 
         near: list[tuple[int, int]] = []
         if d.near:
             bands, _ = lsh_params(settings.near_dup_threshold, d.num_perm)
-            pairs = _candidate_pairs(facts.select_columns(["doc", *[f"band{b}" for b in
-                                                                    range(bands)]]), bands)
+            pairs = _candidate_pairs(facts, bands, _partitions(facts, size) * bands)
             clock("LSH buckets")
             near = _confirmed(files, pairs, prefix, settings, size)
             clock("confirmation")
