@@ -79,7 +79,7 @@ def connect(address: str, workers: int | None) -> int:
                 os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()):
             os.environ["RAY_AUTH_MODE"] = "token"
     # Ray's C++ core logs warnings to this terminal (not the user's to act on)
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         import ray
     except ImportError:
@@ -123,7 +123,9 @@ def _data_context(quiet: bool) -> None:
 
     import ray.data
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR if quiet else logging.WARNING)
+    # a task's error reaches the user once, as our message (curate_on_ray), not as Ray's log
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet else logging.WARNING)
+    logging.getLogger("ray.data._internal.execution").setLevel(logging.CRITICAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet
     ctx.execution_options.preserve_order = True
@@ -150,13 +152,16 @@ def _more_than_one() -> Any:
 
 
 def _unwrap(e: BaseException) -> BaseException:
-    """The error a Ray task raised, without Ray's wrapping (ours carry the user's message)."""
-    seen = 0
-    while seen < 8:
-        cause = getattr(e, "cause", None) or e.__cause__
-        if isinstance(e, TextbookGenError) or cause is None:
+    """The error a Ray task raised, without Ray's wrapping (ours carry the user's message).
+    Ray's wrapper subclasses the original's class, so it is the ``cause`` that is wanted."""
+    for _ in range(8):
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException) and cause is not e:
+            e = cause
+        elif isinstance(e, TextbookGenError) or e.__cause__ is None:
             return e
-        e, seen = cause, seen + 1
+        else:
+            e = e.__cause__
     return e
 
 
