@@ -22,7 +22,7 @@ import numpy as np
 
 from textbook_gen.curate.decontam import Decontaminator
 from textbook_gen.curate.dedup import chunk_signatures
-from textbook_gen.curate.filters import Filter, default_filters
+from textbook_gen.curate.filters import Filter, default_filters, first_rejection
 from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.tokens import count_tokens_batch
 
@@ -90,12 +90,7 @@ class DocumentStage:
         q = record.get("quality")
         # the filters read the token count from the record: give them a shallow copy of it
         view = {**record, "quality": {**(q if isinstance(q, dict) else {}), "tokens": tokens}}
-        for f in self.filters:
-            verdict = f.filter(view)
-            ok, reason = (verdict, f.name) if isinstance(verdict, bool) else verdict
-            if not ok:
-                return reason
-        return None
+        return first_rejection(self.filters, view)
 
     def signed(self, texts: list[str]) -> tuple[list[bytes] | None, np.ndarray | None, list[Hits]]:
         """Dedup keys and digests, and decontamination hits, of texts."""

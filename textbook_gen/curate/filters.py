@@ -191,6 +191,16 @@ def _dup_ngram_share(words: np.ndarray, lengths: np.ndarray, n: int, total_chars
     return int(lengths[covered].sum()) / total_chars
 
 
+def first_rejection(filters: list[Filter], record: Record) -> str | None:
+    """The reason the first filter that rejects the record gives, or None."""
+    for f in filters:
+        verdict = f.filter(record)
+        ok, reason = (verdict, f.name) if isinstance(verdict, bool) else verdict
+        if not ok:
+            return reason
+    return None
+
+
 def default_filters(s: CurationSettings) -> list[Filter]:
     """The filters a settings object turns on, cheapest first."""
     filters: list[Filter] = []

@@ -24,7 +24,7 @@ import numpy as np
 
 from textbook_gen.curate.dedup import Deduplicator
 from textbook_gen.curate.facts import ChunkFacts, DocumentStage, Hits, default_workers, facts_of_chunks
-from textbook_gen.curate.filters import Filter
+from textbook_gen.curate.filters import Filter, first_rejection
 from textbook_gen.curate.sandbox import sandbox_layers
 from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.curate.verify import verify_records
@@ -212,12 +212,7 @@ class _Curation:
         return self._decontaminate(out, signed)
 
     def _extra_reason(self, record: Record) -> str | None:
-        for f in self.extra_filters:
-            verdict = f.filter(record)
-            ok, reason = (verdict, f.name) if isinstance(verdict, bool) else verdict
-            if not ok:
-                return reason
-        return None
+        return first_rejection(self.extra_filters, record)
 
     def _decontaminate(self, records: list[Record],
                        signed: dict[int, tuple[str, bytes | None, np.ndarray | None, Hits]]
