@@ -92,3 +92,38 @@ def read_rejects(out: Path) -> list[dict]:
     from textbook_gen.shards import iter_records
 
     return list(iter_records(out, "rejects"))
+
+
+def stored_messages(out: Path) -> set[str]:
+    """The messages of every request with a stored ok answer in a run's store (canonical
+    JSON), to compare with what a server was sent."""
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(out / "run.sqlite")
+    try:
+        rows = db.execute("SELECT q.body FROM responses r JOIN requests q ON q.key = r.key"
+                          " WHERE r.status = 'ok'").fetchall()
+    finally:
+        db.close()
+    return {json.dumps(json.loads(b)["messages"], sort_keys=True) for (b,) in rows}
+
+
+def sent_messages(body: dict) -> str:
+    """The messages of a request body a server received, in the form ``stored_messages``
+    gives."""
+    import json
+
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in body["messages"]],
+                      sort_keys=True)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")

@@ -7,14 +7,12 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_SPEC
+from conftest import SMALL_SPEC, sent_messages, stored_messages, wait_for
 from fakeapi import FakeAPI
 
 from textbook_gen.shards import iter_records
@@ -42,28 +40,10 @@ def _texts(out: Path) -> list[tuple[str, str]]:
     return sorted((r["id"], r["text"]) for r in iter_records(out))
 
 
-def _stored(out: Path) -> set[str]:
-    db = sqlite3.connect(out / "run.sqlite")
-    try:
-        rows = db.execute("SELECT q.body FROM responses r JOIN requests q ON q.key = r.key"
-                          " WHERE r.status = 'ok'").fetchall()
-    finally:
-        db.close()
-    return {json.dumps(json.loads(b)["messages"], sort_keys=True) for (b,) in rows}
 
 
-def _messages(body: dict) -> str:
-    return json.dumps([{"role": m["role"], "content": m["content"]} for m in body["messages"]],
-                      sort_keys=True)
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def _pids(marker: str) -> list[int]:
@@ -94,7 +74,7 @@ def cluster():
         for pid in _pids(session):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: not _pids("ray::_Worker"), timeout=30)
+        wait_for(lambda: not _pids("ray::_Worker"), timeout=30)
         current = Path("/tmp/ray/ray_current_cluster")  # ray start's note for `auto`: ours
         with contextlib.suppress(OSError):
             if current.read_text().strip().endswith(f":{port}"):
@@ -123,7 +103,7 @@ def test_killed_ray_worker_loses_no_answer_and_the_rerun_resumes(write_spec, tmp
     out = tmp_path / "run"
     with FakeAPI(latency=0.15) as server:
         proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
-        _wait_for(lambda: server.count() >= 15)
+        wait_for(lambda: server.count() >= 15)
         victims = _pids("ray::_Worker")
         assert victims, "no Ray worker process found"
         os.kill(victims[0], signal.SIGKILL)
@@ -131,14 +111,14 @@ def test_killed_ray_worker_loses_no_answer_and_the_rerun_resumes(write_spec, tmp
         err = proc.stderr.read()
         assert "a Ray worker died" in err and "Traceback" not in err
         sent_before = server.count()
-        stored = _stored(out)
+        stored = stored_messages(out)
         # concurrency 6 split over 2 workers: at most 3 paid answers were in flight in the
         # killed worker; everything else that was paid is stored
         assert len(stored) >= sent_before - 3
         assert not list(out.glob("run-part-*.sqlite"))
         proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
         assert proc.wait(timeout=180) == 0, proc.stderr.read()
-        resent = [_messages(b) for b in server.generation_bodies()[sent_before:]]
+        resent = [sent_messages(b) for b in server.generation_bodies()[sent_before:]]
         assert not set(resent) & stored  # nothing stored is sent again
         assert len(_texts(out)) == JOBS
 
@@ -149,21 +129,21 @@ def test_killed_driver_leaves_partitions_that_plan_and_the_rerun_take_in(write_s
     out = tmp_path / "run"
     with FakeAPI(latency=0.15) as server:
         proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
-        _wait_for(lambda: server.count() >= 15)
+        wait_for(lambda: server.count() >= 15)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        _wait_for(lambda: not _pids("ray::_Worker"))  # the cluster ends a dead driver's actors
+        wait_for(lambda: not _pids("ray::_Worker"))  # the cluster ends a dead driver's actors
         sent_before = server.count()
         assert list(out.glob("run-part-*.sqlite"))  # the workers' answers, not yet taken in
         plan = subprocess.run([sys.executable, "-m", "textbook_gen", "plan", str(spec), "--out",
                                str(out)], capture_output=True, text=True, env=_env())
         assert plan.returncode == 0, plan.stderr
         assert not list(out.glob("run-part-*.sqlite"))  # plan took them in
-        stored = _stored(out)
+        stored = stored_messages(out)
         assert len(stored) >= sent_before - 6
         proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
         assert proc.wait(timeout=180) == 0, proc.stderr.read()
-        resent = [_messages(b) for b in server.generation_bodies()[sent_before:]]
+        resent = [sent_messages(b) for b in server.generation_bodies()[sent_before:]]
         assert not set(resent) & stored
         assert len(_texts(out)) == JOBS
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import SMALL_SPEC
+from conftest import SMALL_SPEC, sent_messages, stored_messages, wait_for
 from fakeapi import FakeAPI
 
 from textbook_gen.shards import iter_records
@@ -30,29 +28,10 @@ def _start(spec, out, url, **kw):
     )
 
 
-def _stored(out):
-    db = sqlite3.connect(out / "run.sqlite")
-    try:
-        rows = db.execute(
-            "SELECT q.body FROM responses r JOIN requests q ON q.key = r.key WHERE r.status='ok'"
-        ).fetchall()
-    finally:
-        db.close()
-    return {json.dumps(json.loads(b)["messages"], sort_keys=True) for (b,) in rows}
 
 
-def _messages(body):
-    return json.dumps([{"role": m["role"], "content": m["content"]} for m in body["messages"]],
-                      sort_keys=True)
 
 
-def _wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def _texts(out):
@@ -64,11 +43,11 @@ def test_sigkill_then_resume_pays_only_for_requests_in_flight(write_spec, tmp_pa
     out = tmp_path / "crashed"
     with FakeAPI(latency=0.15) as server:
         proc = _start(spec, out, server.url)
-        _wait_for(lambda: server.count() >= 25)
+        wait_for(lambda: server.count() >= 25)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         sent_before = server.count()
-        stored = _stored(out)
+        stored = stored_messages(out)
         assert 0 < len(stored) < 60
         # a worker takes its next job only once its answer is durable: at most the 6 requests
         # in flight (concurrency 6) were paid without being stored
@@ -76,7 +55,7 @@ def test_sigkill_then_resume_pays_only_for_requests_in_flight(write_spec, tmp_pa
 
         proc = _start(spec, out, server.url)
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
-        resent = [_messages(b) for b in server.generation_bodies()[sent_before:]]
+        resent = [sent_messages(b) for b in server.generation_bodies()[sent_before:]]
         assert not set(resent) & stored  # nothing that was stored is sent again
         assert len(resent) == 60 - len(stored)
 
@@ -92,7 +71,7 @@ def test_first_ctrl_c_finishes_in_flight_requests_and_says_how_to_resume(write_s
     out = tmp_path / "out"
     with FakeAPI(latency=0.6) as server:
         proc = _start(spec, out, server.url)
-        _wait_for(lambda: server.count() >= 8)
+        wait_for(lambda: server.count() >= 8)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
@@ -100,7 +79,7 @@ def test_first_ctrl_c_finishes_in_flight_requests_and_says_how_to_resume(write_s
         assert "Traceback" not in err
         sent = server.count()
         assert sent < 60
-        assert len(_stored(out)) == sent  # every request that went out has its answer stored
+        assert len(stored_messages(out)) == sent  # every request that went out has its answer stored
 
         proc = _start(spec, out, server.url)
         assert proc.wait(timeout=120) == 0
@@ -112,7 +91,7 @@ def test_second_ctrl_c_stops_at_once(write_spec, tmp_path):
     out = tmp_path / "out"
     with FakeAPI(latency=30.0) as server:
         proc = _start(spec, out, server.url)
-        _wait_for(lambda: server.count() >= 6)
+        wait_for(lambda: server.count() >= 6)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
@@ -120,7 +99,7 @@ def test_second_ctrl_c_stops_at_once(write_spec, tmp_path):
         assert proc.returncode == 130, err
         assert "Traceback" not in err
         # it did not wait for the answers in flight: none of them was stored
-        assert len(_stored(out)) == 0
+        assert len(stored_messages(out)) == 0
 
 
 @pytest.mark.parametrize("window", [2.0])
