@@ -36,7 +36,7 @@ from textbook_gen.generator import GenerationStats, WorkItem
 from textbook_gen.ledger import Ledger, StageSpend
 from textbook_gen.progress import Progress
 from textbook_gen.spec import Curriculum
-from textbook_gen.store import _RESPONSE_COLUMNS, RunStore, StoredResponse
+from textbook_gen.store import RunStore, StoredResponse
 
 STOP_ORDER = ("fatal", "collapse", "budget", "interrupted")  # the stop a run reports first
 
@@ -65,18 +65,14 @@ class PartitionStore(RunStore):
         own = super().get_response(key)
         if (own is not None and own.status == "ok") or self.base is None:
             return own
-        row = self.base.execute(f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE key = ?",
-                                (key,)).fetchone()
-        theirs = StoredResponse(*row) if row else None
+        theirs = self.response_in(self.base, key)
         return theirs if theirs is not None and (own is None or theirs.status == "ok") else own
 
     def job_key(self, job_id: str) -> str | None:
         own = super().job_key(job_id)
         if own is not None or self.base is None:
             return own
-        row = self.base.execute("SELECT request_key FROM jobs WHERE job_id = ?",
-                                (job_id,)).fetchone()
-        return str(row[0]) if row else None
+        return self.job_key_in(self.base, job_id)
 
     def close(self) -> None:
         if self.base is not None:

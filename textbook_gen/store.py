@@ -434,13 +434,22 @@ class RunStore:
         return self._enqueue_all(ops)
 
     def get_response(self, key: str) -> StoredResponse | None:
-        row = self.db.execute(
-            f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE key = ?", (key,)
-        ).fetchone()
-        return StoredResponse(*row) if row else None
+        return self.response_in(self.db, key)
 
     def job_key(self, job_id: str) -> str | None:
-        row = self.db.execute("SELECT request_key FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return self.job_key_in(self.db, job_id)
+
+    @staticmethod
+    def response_in(db: sqlite3.Connection, key: str) -> StoredResponse | None:
+        """The stored response to a request, read through ``db`` (this store's, or another
+        connection to a store file)."""
+        row = db.execute(f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE key = ?",
+                         (key,)).fetchone()
+        return StoredResponse(*row) if row else None
+
+    @staticmethod
+    def job_key_in(db: sqlite3.Connection, job_id: str) -> str | None:
+        row = db.execute("SELECT request_key FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return str(row[0]) if row else None
 
     def link_job(self, job_id: str, key: str) -> concurrent.futures.Future[None]:
