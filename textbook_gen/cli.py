@@ -386,11 +386,14 @@ def run(
 
 @app.command()
 def curate(
-    inputs: Annotated[list[Path], typer.Argument(
+    inputs: Annotated[list[str], typer.Argument(
         help="JSONL (.jsonl, .jsonl.zst) or Parquet files, or run directories; each record "
-        "needs a 'text' field.", show_default=False)],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Where to write shards/, "
-                                          "rejects/ and manifest.json.")],
+        "needs a 'text' field. A URL fsspec reads names objects in object storage "
+        "(s3://bucket/corpus/*.jsonl.zst, quoted so the shell leaves the glob alone; needs "
+        "the s3 extra, or gcsfs for gs://).", show_default=False)],
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="Where to write shards/, "
+                                         "rejects/ and manifest.json: a directory (with "
+                                         "--ray, one every node mounts).")],
     config: Annotated[Path | None, typer.Option(
         help="YAML file with curation settings (the keys of a spec's curation: section), or a "
         "curriculum spec whose curation: section to use.")] = None,

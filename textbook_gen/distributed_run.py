@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from textbook_gen.errors import ConfigError, TextbookGenError
-from textbook_gen.generator import GenerationStats, WorkItem
+from textbook_gen.generator import COUNTERS, GAUGES, GenerationStats, WorkItem
 from textbook_gen.ledger import Ledger, StageSpend
 from textbook_gen.progress import Progress
 from textbook_gen.spec import Curriculum
@@ -228,9 +228,7 @@ class RayGeneration:
             for ref in answered:
                 with contextlib.suppress(Exception):  # a dead worker has no stats
                     snapshot.append(self.ray.get(ref))
-            for name in ("done", "cached", "sent", "succeeded", "failed", "truncated",
-                         "refused", "retries", "in_flight", "input_tokens", "output_tokens",
-                         "cost_usd"):
+            for name in (*COUNTERS, *GAUGES):
                 setattr(live, name, sum(s.get(name, 0) for s in snapshot if s))
         if error is not None:
             raise error

@@ -27,6 +27,13 @@ class WorkItem:
     cell: str = ""
 
 
+# what a run counts (summed over rounds and workers), and what it holds at a moment (summed
+# over workers for the live display only)
+COUNTERS = ("done", "cached", "sent", "succeeded", "failed", "truncated", "refused", "retries",
+            "input_tokens", "output_tokens", "cost_usd")
+GAUGES = ("in_flight", "streaming_tokens")
+
+
 @dataclass
 class GenerationStats:
     """Live counters of one generator; the progress display reads them."""
@@ -51,8 +58,7 @@ class GenerationStats:
 
     def add(self, other: GenerationStats) -> None:
         """Add the counters of another generator's run (one round of the loop) to these."""
-        for name in ("total", "done", "cached", "sent", "succeeded", "failed", "truncated",
-                     "refused", "retries", "input_tokens", "output_tokens", "cost_usd"):
+        for name in ("total", *COUNTERS):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost_known = self.cost_known and other.cost_known
         self.stop_reason = other.stop_reason or self.stop_reason

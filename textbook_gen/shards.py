@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -191,10 +192,72 @@ def sha256_file(path: Path, digest: Any = None) -> str:
     return str(h.hexdigest())
 
 
-def iter_records(path: Path, subdir: str = "shards") -> Iterator[dict[str, Any]]:
+Source = Path | str  # a local path, or a URL fsspec reads (s3://, gs://, https://, ...)
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(name: str | Path) -> bool:
+    """Whether ``name`` is a URL (``s3://bucket/key``) rather than a local path."""
+    return isinstance(name, str) and bool(_SCHEME.match(name))
+
+
+def source_name(source: Source) -> str:
+    """A source's last part (``a.jsonl`` of ``s3://bucket/corpus/a.jsonl``)."""
+    return source.rstrip("/").rsplit("/", 1)[-1] if isinstance(source, str) else source.name
+
+
+def input_sources(args: Iterable[str | Path]) -> list[Source]:
+    """Inputs as given: local paths stay paths (the shell expanded their globs); a URL is read
+    through fsspec, and a URL with a glob (``s3://bucket/corpus/*.jsonl.zst``) stands for the
+    objects it matches, in name order."""
+    out: list[Source] = []
+    for arg in args:
+        if not is_url(arg):
+            out.append(Path(arg))
+            continue
+        url = str(arg)
+        if not any(c in url for c in "*?["):
+            out.append(url)
+            continue
+        fs, protocol = _url_fs(url)
+        try:
+            found = sorted(fs.glob(url))
+        except Exception as e:  # the filesystem's own errors (credentials, permissions, network)
+            raise InputError(f"{url}: cannot list it ({_why(e)})") from None
+        if not found:
+            raise InputError(f"{url}: matches no objects; check the bucket and the pattern")
+        out.extend(f if is_url(f) else f"{protocol}://{f}" for f in found)
+    return out
+
+
+def _url_fs(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for a URL, and its protocol."""
+    protocol = url.split("://", 1)[0]
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(f"{url}: reading URLs needs fsspec and the package for {protocol}:// "
+                         '(pip install "textbook-gen[s3]" for s3://, or the gcsfs/adlfs '
+                         "package fsspec names)") from None
+    try:
+        fs, _ = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise InputError(f"{url}: fsspec cannot read {protocol}:// here ({_why(e)})") from None
+    return fs, protocol
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def iter_records(path: Source, subdir: str = "shards") -> Iterator[dict[str, Any]]:
     """Records from a shard file, a plain/zst JSONL or Parquet file, or a run directory (its
-    ``subdir``: "shards" or "rejects"). A file that is cut short, corrupt or not UTF-8 raises
-    ``InputError`` naming it."""
+    ``subdir``: "shards" or "rejects"); a URL (``is_url``) names one file, read through fsspec.
+    A file that is cut short, corrupt or not UTF-8 raises ``InputError`` naming it."""
+    if is_url(path):
+        yield from _iter_url(str(path))
+        return
     path = Path(path)
     if path.is_dir():
         for shard in shard_files(path, subdir):
@@ -203,21 +266,44 @@ def iter_records(path: Path, subdir: str = "shards") -> Iterator[dict[str, Any]]
     if not path.exists():
         raise InputError(f"{path}: no such file or run directory")
     if path.name.endswith(".parquet"):
-        yield from _iter_parquet(path)
+        yield from _iter_parquet(path, path)
         return
-    chunks = _zstd_chunks(path) if path.name.endswith(".zst") else file_chunks(path)
+    chunks = _zstd_chunks(path, file_chunks(path)) if path.name.endswith(".zst") \
+        else file_chunks(path)
     yield from _iter_jsonl(path, chunks)
 
 
-def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
+def _iter_url(url: str) -> Iterator[dict[str, Any]]:
+    fs, _ = _url_fs(url)
+    try:
+        f = fs.open(url, "rb")
+    except Exception as e:  # the filesystem's own errors (missing, credentials, network)
+        raise InputError(f"{url}: cannot open it ({_why(e)})") from None
+    with f:
+        if url.endswith(".parquet"):
+            yield from _iter_parquet(url, f)
+            return
+        raw = _read_chunks(url, f)
+        yield from _iter_jsonl(url, _zstd_chunks(url, raw) if url.endswith(".zst") else raw)
+
+
+def _read_chunks(url: str, f: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    try:
+        while chunk := f.read(size):
+            yield chunk
+    except Exception as e:  # a connection lost halfway is the input's error, named
+        raise InputError(f"{url}: reading it failed ({_why(e)})") from None
+
+
+def _iter_parquet(name: Source, where: Any) -> Iterator[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for batch in pq.ParquetFile(where).iter_batches(batch_size=1024):
             yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+        raise InputError(f"{name}: not a readable Parquet file ({e})") from None
 
 
 def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
@@ -227,7 +313,7 @@ def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-def _zstd_chunks(path: Path) -> Iterator[bytes]:
+def _zstd_chunks(path: Source, raw_chunks: Iterator[bytes]) -> Iterator[bytes]:
     """Decompressed bytes of every frame; a frame cut short is an error, not an early end."""
     import zstandard
 
@@ -235,7 +321,7 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
     d = dctx.decompressobj()
     started = False
     try:
-        for raw in file_chunks(path):
+        for raw in raw_chunks:
             while raw:
                 started = True
                 out = d.decompress(raw)
@@ -253,7 +339,7 @@ def _zstd_chunks(path: Path) -> Iterator[bytes]:
                          " it with the command that made it")
 
 
-def _iter_jsonl(path: Path, chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+def _iter_jsonl(path: Source, chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     lineno = 0
     rest = b""
     for chunk in chunks:
@@ -270,7 +356,7 @@ def _iter_jsonl(path: Path, chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]
             yield record
 
 
-def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
+def _parse_line(path: Source, lineno: int, raw: bytes) -> dict[str, Any] | None:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -28,7 +28,16 @@ from textbook_gen.curate.filters import Filter, first_rejection
 from textbook_gen.curate.sandbox import sandbox_layers
 from textbook_gen.curate.settings import CurationSettings
 from textbook_gen.curate.verify import verify_records
-from textbook_gen.shards import Build, ShardInfo, iter_records
+from textbook_gen.errors import InputError
+from textbook_gen.shards import (
+    Build,
+    ShardInfo,
+    Source,
+    input_sources,
+    is_url,
+    iter_records,
+    source_name,
+)
 from textbook_gen.tokens import count_tokens
 
 if TYPE_CHECKING:
@@ -477,7 +486,7 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
                           sandbox, c.cells, c.low)
 
 
-def _with_ids(paths: list[Path]) -> Iterator[Record]:
+def _with_ids(paths: list[Source]) -> Iterator[Record]:
     seen: defaultdict[str, int] = defaultdict(int)
     for path in paths:
         for n, record in enumerate(iter_records(path), 1):
@@ -486,31 +495,37 @@ def _with_ids(paths: list[Path]) -> Iterator[Record]:
 
                 raise TextbookGenError(f"{path}: record {n} has no 'text' string field; "
                                        "each record needs one")
-            rid = str(record.get("id") or f"{path.name}:{n}")
+            rid = str(record.get("id") or f"{source_name(path)}:{n}")
             seen[rid] += 1
             record["id"] = rid if seen[rid] == 1 else f"{rid}#{seen[rid]}"
             yield record
 
 
-def curate_corpus(inputs: list[Path], out_dir: Path, settings: CurationSettings, *,
+def curate_corpus(inputs: list[str | Path], out_dir: str | Path, settings: CurationSettings, *,
                   fmt: str = "parquet", shard_max_records: int = 10_000,
                   progress: Progress | None = None, workers: int | None = None,
                   ray: str | None = None, quiet: bool = False) -> CurationResult:
     """``textbook-gen curate``: the same stages on any JSONL/Parquet corpus (no judge). With
     ``ray`` (a cluster address, ``auto`` or ``local``) on a Ray cluster, ``workers`` actors
-    (curate/distributed.py), keeping the same records."""
+    (curate/distributed.py), keeping the same records. An input is a local path or a URL
+    fsspec reads (``shards.input_sources``: ``s3://bucket/corpus/*.jsonl.zst``)."""
+    if is_url(out_dir):
+        raise InputError(f"--out {out_dir}: shards are written to a directory (local, or a mount "
+                         "every Ray node shares), not to a URL; write them there, then copy "
+                         "the directory to object storage (manifest.json last)")
+    sources = input_sources(inputs)
     build = Build(Path(out_dir))
     if ray is not None:
         from textbook_gen.curate.distributed import curate_on_ray
 
-        result = curate_on_ray([Path(p) for p in inputs], build, settings, fmt=fmt,
+        result = curate_on_ray(sources, build, settings, fmt=fmt,
                                shard_max_records=shard_max_records, address=ray,
                                workers=workers, quiet=quiet)
     else:
-        result = curate(_with_ids([Path(p) for p in inputs]), settings, build, fmt=fmt,
+        result = curate(_with_ids(sources), settings, build, fmt=fmt,
                         shard_max_records=shard_max_records, progress=progress, workers=workers)
     build.commit({
-        "inputs": [str(p) for p in inputs],
+        "inputs": [str(p) for p in sources],
         "settings": settings.model_dump(mode="json"),
         "curation": result.to_manifest(),
         "shards": [s.to_dict() for s in [*result.shards, *result.rejects]],
