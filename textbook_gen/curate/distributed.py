@@ -82,12 +82,15 @@ def connect(address: str, workers: int | None) -> int:
     """Join (or, for ``local``, start) a Ray cluster; the number of CPUs it has."""
     if address not in ("local", "auto"):
         _probe(address)  # Ray itself retries an address no one answers at for minutes
-        # `ray start` clusters require the token it saved in ~/.ray; Ray's client sends it for
-        # auto but not for an explicit address unless told to (read when Ray is imported)
-        if "RAY_AUTH_MODE" not in os.environ and (
-                os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()):
-            os.environ["RAY_AUTH_MODE"] = "token"
-    # Ray's C++ core logs warnings to this terminal (not the user's to act on)
+    # `ray start` clusters require the token it saved in ~/.ray; Ray's client sends it for
+    # auto and local (saying so on the terminal) but not for an explicit address unless told
+    # to (read when Ray is imported)
+    if "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray's C++ core logs to this terminal what is not the user's to act on (Ray Data's actors
+    # keep their arguments in the object store, ray-project/ray#53727); it costs one line
+    # saying the level was set
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         import ray
@@ -133,7 +136,8 @@ def _data_context(quiet: bool) -> None:
     import ray.data
 
     # a task's error reaches the user once, as our message (curate_on_ray), not as Ray's log
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet else logging.WARNING)
+    # (its warnings are about its own settings, not the user's to act on)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL if quiet else logging.ERROR)
     logging.getLogger("ray.data._internal.execution").setLevel(logging.CRITICAL)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet
@@ -249,6 +253,10 @@ class _PerDocument:
     """A Ray Data actor: the per-document stages over whole input files."""
 
     def __init__(self, settings: CurationSettings, prefix: str, renames: dict[int, str]):
+        if settings.verify.workers is None:  # a worker is one CPU of its node: one sandbox at a
+            # time, not one per core of the node from each of the node's workers
+            settings = settings.model_copy(update={
+                "verify": settings.verify.model_copy(update={"workers": 1})})
         self.settings, self.prefix, self.renames = settings, prefix, renames
         self.stage = DocumentStage(settings)
         self.bands, self.rows = lsh_params(settings.near_dup_threshold, settings.dedup.num_perm)
@@ -415,7 +423,7 @@ def _confirmed(files: Any, pairs: np.ndarray, prefix: str, settings: CurationSet
     if not len(pairs):
         return []
     wanted = np.unique(pairs.ravel())
-    shingles = files.map_batches(_Shingles, batch_size=1, concurrency=partitions,
+    shingles = files.map_batches(_Shingles, batch_size=1, compute=ray.data.ActorPoolStrategy(size=partitions),
                                  fn_constructor_args=(prefix, wanted,
                                                       settings.dedup.shingle_words)).materialize()
     left = shingles.rename_columns({"doc": "i", "sh": "sh_i"})
@@ -569,7 +577,7 @@ def curate_on_ray(inputs: list[Source], build: Build, settings: CurationSettings
         clock = _Clock(phases, quiet)
         renames = _renames(files)
         clock("ids")
-        facts = files.map_batches(_PerDocument, batch_size=1, concurrency=size,
+        facts = files.map_batches(_PerDocument, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
                                   fn_constructor_args=(settings, prefix, renames),
                                   batch_format="numpy").materialize()
         clock("per-document stages")
@@ -598,7 +606,7 @@ def curate_on_ray(inputs: list[Source], build: Build, settings: CurationSettings
         dropped, sizes = _dropped(facts, exact, near)
         clock("clusters")
         written = files.map_batches(
-            _Write, batch_size=1, concurrency=size, batch_format="numpy",
+            _Write, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), batch_format="numpy",
             fn_constructor_args=(prefix, str(build.root), build.id, fmt, shard_max_records,
                                  dropped, sizes))
         cols = _columns(written, ["name", "records", "bytes", "sha256", "kind", "dedup"])
