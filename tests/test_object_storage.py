@@ -165,6 +165,9 @@ def test_missing_objects_and_urls_as_outputs_get_one_message(tmp_path, s3):
         ([f"s3://{BUCKET}/run3/gone.jsonl"],
          f"s3://{BUCKET}/run3/gone.jsonl: cannot open it (FileNotFoundError"),
         (["nosuchproto://x/y.jsonl"], "nosuchproto://x/y.jsonl: fsspec cannot read"),
+        # a folder read as one object would be empty: no records and no error
+        ([f"s3://{BUCKET}/run3/"], f"s3://{BUCKET}/run3/: a folder of objects, not one"),
+        ([f"s3://{BUCKET}/run3"], f"s3://{BUCKET}/run3: a folder of objects, not one"),
     ]
     for inputs, message in cases:
         p = _curate([*inputs, "--out", str(tmp_path / "out")], env)

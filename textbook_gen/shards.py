@@ -216,10 +216,17 @@ def input_sources(args: Iterable[str | Path]) -> list[Source]:
             out.append(Path(arg))
             continue
         url = str(arg)
+        fs, protocol = _url_fs(url)
         if not any(c in url for c in "*?["):
+            try:
+                folder = fs.isdir(url)
+            except Exception as e:  # the filesystem's own errors (credentials, network)
+                raise InputError(f"{url}: cannot read it ({_why(e)})") from None
+            if folder:  # read as one object, it would be empty: nothing curated, no error
+                raise InputError(f"{url}: a folder of objects, not one; name the objects, or "
+                                 f"a glob of them in quotes: '{url.rstrip('/')}/*.jsonl.zst'")
             out.append(url)
             continue
-        fs, protocol = _url_fs(url)
         try:
             found = sorted(fs.glob(url))
         except Exception as e:  # the filesystem's own errors (credentials, permissions, network)
