@@ -143,6 +143,7 @@ def test_ray_workers_read_the_objects_themselves(tmp_path, s3):
     fs, env = s3
     files = _corpus(tmp_path)
     _upload(fs, files, "run2")
+    fs.pipe(f"{BUCKET}/run2/older/a.jsonl", files[1].read_bytes())  # a folder the glob matches
     one = _curate([*map(str, files), "--out", str(tmp_path / "one"),
                    "--config", str(_config(tmp_path))], env)
     assert one.returncode == 0, one.stderr
@@ -153,6 +154,10 @@ def test_ray_workers_read_the_objects_themselves(tmp_path, s3):
                      timeout=600)
     assert on_ray.returncode == 0, on_ray.stderr
     assert _outcome(tmp_path / "ray") == _outcome(tmp_path / "one")
+    # the folder is not an input (read as an object, S3 would give it empty)
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["inputs"] == [f"s3://{BUCKET}/run2/{n}"
+                                  for n in ("a.jsonl.zst", "b.jsonl", "c.parquet")]
 
 
 def test_missing_objects_and_urls_as_outputs_get_one_message(tmp_path, s3):
@@ -183,3 +188,42 @@ def test_missing_objects_and_urls_as_outputs_get_one_message(tmp_path, s3):
     p = _curate([f"s3://{BUCKET}/run3/cut.jsonl.zst", "--out", str(tmp_path / "cut")], env)
     assert p.returncode == 2
     assert f"s3://{BUCKET}/run3/cut.jsonl.zst: the zstd data is cut short" in p.stderr
+
+
+def test_urls_are_told_from_paths_and_named_by_their_object():
+    from textbook_gen.shards import is_url, source_name
+
+    assert is_url("s3://bucket/a.jsonl") and is_url("gs://b/c/d.parquet")
+    assert not is_url("C://data/a.jsonl")  # a one-letter scheme is a Windows drive
+    assert not is_url(Path("s3:/bucket/a.jsonl")) and not is_url("corpus/a.jsonl")
+    assert source_name("s3://bucket/corpus/a.jsonl.zst") == "a.jsonl.zst"
+    assert source_name("https://h/corpus/a.jsonl.zst?X-Amz-Signature=abc&b=c") == "a.jsonl.zst"
+    assert source_name(Path("/x/y/b.parquet")) == "b.parquet"
+
+
+def test_a_presigned_web_url_is_read_by_its_object_name(tmp_path):
+    """A web URL with a query (a presigned link): read as zstd by its path's suffix, and its
+    records named after the object, not after the signature."""
+    pytest.importorskip("aiohttp", reason="fsspec reads https:// with aiohttp (s3fs needs it)")
+    import http.server
+    import threading
+
+    files = _corpus(tmp_path)
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+        *a, directory=str(tmp_path), **k)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        p = _curate([f"{base}/a.jsonl.zst?X-Amz-Signature=0123abcd", f"{base}/b.jsonl?v=2",
+                     "--out", str(tmp_path / "web"), "--config", str(_config(tmp_path))], {})
+        assert p.returncode == 0, p.stderr
+        local = _curate([str(files[0]), str(files[1]), "--out", str(tmp_path / "local"),
+                         "--config", str(_config(tmp_path))], {})
+        assert local.returncode == 0, local.stderr
+        assert _outcome(tmp_path / "web") == _outcome(tmp_path / "local")
+        gone = _curate([f"{base}/gone.jsonl?sig=1", "--out", str(tmp_path / "gone")], {})
+        assert gone.returncode == 2 and "gone.jsonl?sig=1: cannot open it" in gone.stderr
+        assert "Traceback" not in gone.stderr
+    finally:
+        server.shutdown()

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from textbook_gen.errors import InputError, TextbookGenError
 
@@ -193,7 +194,8 @@ def sha256_file(path: Path, digest: Any = None) -> str:
 
 
 Source = Path | str  # a local path, or a URL fsspec reads (s3://, gs://, https://, ...)
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # two letters at least: C:// is a path
+_WEB = ("http", "https")
 
 
 def is_url(name: str | Path) -> bool:
@@ -201,15 +203,25 @@ def is_url(name: str | Path) -> bool:
     return isinstance(name, str) and bool(_SCHEME.match(name))
 
 
+def _url_path(url: str) -> str:
+    """The part of a URL that names the object: a web URL's query (a presigned URL's
+    signature) is not part of its name."""
+    if url.split("://", 1)[0].lower() in _WEB:
+        return urlsplit(url).path
+    return url.split("://", 1)[1]
+
+
 def source_name(source: Source) -> str:
     """A source's last part (``a.jsonl`` of ``s3://bucket/corpus/a.jsonl``)."""
-    return source.rstrip("/").rsplit("/", 1)[-1] if isinstance(source, str) else source.name
+    if isinstance(source, str):
+        return _url_path(source).rstrip("/").rsplit("/", 1)[-1]
+    return source.name
 
 
 def input_sources(args: Iterable[str | Path]) -> list[Source]:
     """Inputs as given: local paths stay paths (the shell expanded their globs); a URL is read
     through fsspec, and a URL with a glob (``s3://bucket/corpus/*.jsonl.zst``) stands for the
-    objects it matches, in name order."""
+    objects it matches, in name order (web URLs are never globs)."""
     out: list[Source] = []
     for arg in args:
         if not is_url(arg):
@@ -217,6 +229,9 @@ def input_sources(args: Iterable[str | Path]) -> list[Source]:
             continue
         url = str(arg)
         fs, protocol = _url_fs(url)
+        if protocol.lower() in _WEB:  # asking a web server whether a URL is a folder can
+            out.append(url)             # download it; a page read as JSONL fails by itself
+            continue
         if not any(c in url for c in "*?["):
             try:
                 folder = fs.isdir(url)
@@ -228,12 +243,14 @@ def input_sources(args: Iterable[str | Path]) -> list[Source]:
             out.append(url)
             continue
         try:
-            found = sorted(fs.glob(url))
+            # folders a glob matches are left out: S3 would give each as an empty object
+            found = sorted(path for path, info in fs.glob(url, detail=True).items()
+                           if info.get("type") == "file")
         except Exception as e:  # the filesystem's own errors (credentials, permissions, network)
             raise InputError(f"{url}: cannot list it ({_why(e)})") from None
         if not found:
             raise InputError(f"{url}: matches no objects; check the bucket and the pattern")
-        out.extend(f if is_url(f) else f"{protocol}://{f}" for f in found)
+        out.extend(fs.unstrip_protocol(f) for f in found)
     return out
 
 
@@ -286,12 +303,13 @@ def _iter_url(url: str) -> Iterator[dict[str, Any]]:
         f = fs.open(url, "rb")
     except Exception as e:  # the filesystem's own errors (missing, credentials, network)
         raise InputError(f"{url}: cannot open it ({_why(e)})") from None
+    name = source_name(url)
     with f:
-        if url.endswith(".parquet"):
+        if name.endswith(".parquet"):
             yield from _iter_parquet(url, f)
             return
         raw = _read_chunks(url, f)
-        yield from _iter_jsonl(url, _zstd_chunks(url, raw) if url.endswith(".zst") else raw)
+        yield from _iter_jsonl(url, _zstd_chunks(url, raw) if name.endswith(".zst") else raw)
 
 
 def _read_chunks(url: str, f: Any, size: int = 1 << 20) -> Iterator[bytes]:
@@ -311,6 +329,10 @@ def _iter_parquet(name: Source, where: Any) -> Iterator[dict[str, Any]]:
             yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"{name}: not a readable Parquet file ({e})") from None
+    except Exception as e:  # a remote filesystem's own errors, met halfway through the file
+        if not is_url(name):
+            raise
+        raise InputError(f"{name}: reading it failed ({_why(e)})") from None
 
 
 def file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:

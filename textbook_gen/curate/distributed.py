@@ -570,7 +570,7 @@ def curate_on_ray(inputs: list[Source], build: Build, settings: CurationSettings
         settings = settings.all_stages_off()
     size = max(1, min(workers or cpus, len(inputs)))
     prefix = str(build.temp_path("ray"))
-    files = ray.data.from_items([{"file": i, "path": p if is_url(p) else str(Path(p).resolve())}
+    files = ray.data.from_items([{"file": i, "path": p if is_url(p) else str(Path(p).absolute())}
                                  for i, p in enumerate(inputs)], override_num_blocks=len(inputs))
     try:
         phases: dict[str, float] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pickle
 import struct
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -501,7 +501,7 @@ def _with_ids(paths: list[Source]) -> Iterator[Record]:
             yield record
 
 
-def curate_corpus(inputs: list[str | Path], out_dir: str | Path, settings: CurationSettings, *,
+def curate_corpus(inputs: Sequence[str | Path], out_dir: str | Path, settings: CurationSettings, *,
                   fmt: str = "parquet", shard_max_records: int = 10_000,
                   progress: Progress | None = None, workers: int | None = None,
                   ray: str | None = None, quiet: bool = False) -> CurationResult:
