@@ -498,3 +498,29 @@ def test_among_equal_scores_the_candidate_least_like_its_cell_is_chosen(tmp_path
     assert sorted(_kept(tmp_path)) == ["c/n0", "c/n1/c1"]
     why = _rejects(tmp_path)["c/n1"]["rejected"]
     assert why["reason"] == "not_selected" and why["chosen"] == "c/n1/c1"
+
+
+def test_the_loop_in_batch_mode_keeps_what_it_keeps_with_direct_requests(api_env, write_spec,
+                                                                           tmp_path):
+    """Each round's new samples go out as one batch (at half price) and the loop ends with
+    the same kept documents, grid and requests as with direct calls."""
+    path = _write(write_spec, "target_kept: 2, max_samples: 4")
+    with FakeAPI(responder=responder) as server:
+        direct = run_curriculum(_spec(path, server.url), out_dir=tmp_path / "direct")
+        sent_direct = sorted((json.dumps(b["messages"]), b.get("seed"))
+                             for b in server.generation_bodies() if not _is_judge(b))
+    with FakeAPI(responder=responder, batch_complete_after=0.05) as server:
+        batched = run_curriculum(_spec(path, server.url), out_dir=tmp_path / "batch",
+                                 batch=True, poll_interval=0.05)
+        lines = [item["body"] for b in server._oa_batches.values() for item in b["lines"]]
+        direct_generations = [b for b in server.generation_bodies() if not _is_judge(b)]
+        rounds = len(server._oa_batches)
+    assert sorted(_kept(tmp_path / "batch")) == sorted(_kept(tmp_path / "direct"))
+    assert batched.manifest["coverage"]["grid"] == direct.manifest["coverage"]["grid"]
+    # every sample went out once, in a batch, and they were the samples direct mode sent
+    assert not direct_generations
+    generations = [b for b in lines if not _is_judge(b)]
+    assert sorted((json.dumps(b["messages"]), b.get("seed")) for b in generations) == sent_direct
+    assert rounds >= 2  # the loop needed more than one round, each its own batch
+    records = list(iter_records(tmp_path / "batch"))
+    assert all(r["provenance"]["batch_id"] for r in records)
