@@ -23,6 +23,7 @@ import time
 
 import pytest
 from fakeapi import FakeAPI, default_text
+from sandbox_helpers import needs_bwrap
 
 from textbook_gen.errors import BudgetExceeded, JudgeUnusable
 from textbook_gen.expand import candidate_job, cells
@@ -524,3 +525,43 @@ def test_the_loop_in_batch_mode_keeps_what_it_keeps_with_direct_requests(api_env
     assert rounds >= 2  # the loop needed more than one round, each its own batch
     records = list(iter_records(tmp_path / "batch"))
     assert all(r["provenance"]["batch_id"] for r in records)
+
+
+def _with_exercise(body):
+    """The loop's responder, with a passing exercise that names its request on every page."""
+    text = responder(body)
+    if _is_judge(body) or "<critique>" in body["messages"][-1]["content"]:
+        return text
+    return (text + f"\n## Exercise 1\nWrite add.\n\n### Solution\n```python\n"
+            f"def add(a, b):  # page {body.get('seed')}\n    return a + b\n```\n\n### Tests\n"
+            "```python\nassert add(2, 3) == 5\n```\n")
+
+
+@needs_bwrap
+def test_each_pages_exercises_run_once_though_every_round_curates_it_again(
+        api_env, write_spec, tmp_path, monkeypatch):
+    import threading
+    from collections import Counter
+
+    from textbook_gen.curate import verify
+
+    checked: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def counting(ex, s):
+        with lock:
+            checked[ex.solution_code] += 1
+        return verify.check_python(ex, s)
+
+    monkeypatch.setitem(verify._CHECKERS, "python", counting)
+    path = _write(write_spec, "target_kept: 2, max_samples: 4")
+    with FakeAPI(responder=_with_exercise) as server:
+        result = run_curriculum(_spec(path, server.url), out_dir=tmp_path / "o")
+        pages = [b for b in server.generation_bodies() if not _is_judge(b)]
+    kept = list(iter_records(tmp_path / "o"))
+    assert kept and all(r["quality"]["verified"] for r in kept)
+    # cells that sent more samples than their target needed a later round, which curated
+    # the answers of round 1 again
+    assert any(row["samples"] > row["target"] for row in result.manifest["coverage"]["grid"])
+    assert len(checked) == len(pages)  # every page's exercise was checked ...
+    assert set(checked.values()) == {1}  # ... once

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textbook_gen.curate.pipeline import Best, CurationResult, LoopCuration
+from textbook_gen.curate.verify import Verdicts
 from textbook_gen.expand import Cell, Job, candidate_job, cells, revision_job
 from textbook_gen.generator import WorkItem
 from textbook_gen.prompts import PromptRenderer
@@ -68,13 +69,15 @@ class Loop:
         self.revisions: dict[str, list[Revision]] = {}  # sample id -> revisions issued
         self.round = Round(1)
         self.has_targets = any(d.target_kept for d in spec.documents)
+        self.verified: Verdicts = {}  # every round curates every answer; exercises run once
 
     # -- what the spec asks -------------------------------------------------------------
     def cells(self) -> Iterator[Cell]:
         return cells(self.spec, self.limit, self.identity)
 
     def curation(self) -> LoopCuration:
-        return LoopCuration(self.revise.below if self.revise is not None else None)
+        return LoopCuration(self.revise.below if self.revise is not None else None,
+                            self.verified)
 
     def sent(self, cell: Cell) -> int:
         return self.issued.get(cell.key, cell.first)

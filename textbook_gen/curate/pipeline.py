@@ -27,7 +27,7 @@ from textbook_gen.curate.facts import ChunkFacts, DocumentStage, Hits, default_w
 from textbook_gen.curate.filters import Filter, first_rejection
 from textbook_gen.curate.sandbox import sandbox_layers
 from textbook_gen.curate.settings import CurationSettings
-from textbook_gen.curate.verify import verify_records
+from textbook_gen.curate.verify import Verdicts, verify_records
 from textbook_gen.errors import InputError
 from textbook_gen.shards import (
     Build,
@@ -61,6 +61,8 @@ class LoopCuration:
     together (candidates, then revisions), and the samples of one cell too."""
 
     revise_below: float | None = None
+    # verdicts of the exercises checked in earlier rounds: each text's exercises run once
+    verified: Verdicts = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -254,8 +256,9 @@ class _Curation:
     def _verify(self, records: list[Record]) -> list[Record]:
         c = self.counts["verify"]
         checkable = [r for r in records if "```" in r.get("text", "")]
-        verdicts = dict(zip((id(r) for r in checkable), verify_records(checkable, self.s.verify),
-                            strict=True))
+        memo = self.loop.verified if self.loop is not None else None
+        verdicts = dict(zip((id(r) for r in checkable),
+                            verify_records(checkable, self.s.verify, memo), strict=True))
         out = []
         for r in records:
             c.seen += 1

@@ -8,10 +8,11 @@ checked with sympy) can be added with ``register_checker``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from textbook_gen.curate.exercises import Exercise, parse_exercises
@@ -72,10 +73,29 @@ def verify_document(text: str, s: VerifySettings) -> DocumentVerdict | None:
     return DocumentVerdict(True, new_text, len(results), passed, failures)
 
 
-def verify_records(records: list[dict[str, Any]], s: VerifySettings) -> list[DocumentVerdict | None]:
-    """Verify many documents in parallel (each exercise is its own process). Where exercises
-    may not run (no working bubblewrap and ``allow_unsandboxed`` off), the first document
-    with one raises ``ConfigError`` before any of them runs."""
+Verdicts = dict[bytes, "DocumentVerdict | None"]  # a text's digest -> its verdict
+
+
+def verify_records(records: list[dict[str, Any]], s: VerifySettings,
+                   memo: Verdicts | None = None) -> list[DocumentVerdict | None]:
+    """Verify many documents in parallel (each exercise is its own process). A text is
+    checked once: the same text again (a duplicate, or with ``memo``, one a previous call
+    checked: the closed loop curates every stored answer each round) takes the verdict
+    already given. Where exercises may not run (no working bubblewrap and
+    ``allow_unsandboxed`` off), the first document with one raises ``ConfigError`` before any
+    of them runs."""
+    memo = {} if memo is None else memo
+    texts = [r.get("text", "") for r in records]
+    keys = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+    todo = {k: t for k, t in zip(keys, texts, strict=True) if k not in memo}
     workers = s.workers or os.cpu_count() or 2
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda r: verify_document(r.get("text", ""), s), records))
+        for (k, t), v in zip(todo.items(), pool.map(lambda t: verify_document(t, s),
+                                                     todo.values()), strict=True):
+            # the memo holds a text only where verification changed it ("" never is one)
+            memo[k] = replace(v, text="") if v is not None and v.text == t else v
+    out: list[DocumentVerdict | None] = []
+    for k, t in zip(keys, texts, strict=True):
+        v = memo[k]
+        out.append(replace(v, text=t) if v is not None and v.text == "" else v)
+    return out
