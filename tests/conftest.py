@@ -94,9 +94,8 @@ def read_rejects(out: Path) -> list[dict]:
     return list(iter_records(out, "rejects"))
 
 
-def stored_messages(out: Path) -> set[str]:
-    """The messages of every request with a stored ok answer in a run's store (canonical
-    JSON), to compare with what a server was sent."""
+def stored_bodies(out: Path) -> list[dict]:
+    """The request of every stored ok answer in a run's store, as the store holds it."""
     import json
     import sqlite3
 
@@ -106,7 +105,15 @@ def stored_messages(out: Path) -> set[str]:
                           " WHERE r.status = 'ok'").fetchall()
     finally:
         db.close()
-    return {json.dumps(json.loads(b)["messages"], sort_keys=True) for (b,) in rows}
+    return [json.loads(b) for (b,) in rows]
+
+
+def stored_messages(out: Path) -> set[str]:
+    """The messages of every request with a stored ok answer in a run's store (canonical
+    JSON), to compare with what a server was sent."""
+    import json
+
+    return {json.dumps(body["messages"], sort_keys=True) for body in stored_bodies(out)}
 
 
 def sent_messages(body: dict) -> str:

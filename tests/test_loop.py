@@ -16,12 +16,12 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import stored_bodies
 from fakeapi import FakeAPI, default_text
 from sandbox_helpers import needs_bwrap
 
@@ -349,19 +349,9 @@ def _identity(body):
 
 
 def _stored(out):
-    db = sqlite3.connect(out / "run.sqlite")
-    try:
-        rows = db.execute("SELECT q.body FROM responses r JOIN requests q ON q.key = r.key"
-                          " WHERE r.status = 'ok'").fetchall()
-    finally:
-        db.close()
-    out_ = set()
-    for (b,) in rows:
-        body = json.loads(b)
-        out_.add(json.dumps([[{"role": m["role"], "content": m["content"]}
-                              for m in body["messages"]], body["params"].get("seed")],
-                            sort_keys=True))
-    return out_
+    return {json.dumps([[{"role": m["role"], "content": m["content"]} for m in body["messages"]],
+                        body["params"].get("seed")], sort_keys=True)
+            for body in stored_bodies(out)}
 
 
 def test_kill_9_mid_loop_then_rerun_resends_nothing_stored_and_ends_the_same(write_spec,
