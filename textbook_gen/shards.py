@@ -289,12 +289,8 @@ def iter_records(path: Source, subdir: str = "shards") -> Iterator[dict[str, Any
         return
     if not path.exists():
         raise InputError(f"{path}: no such file or run directory")
-    if path.name.endswith(".parquet"):
-        yield from _iter_parquet(path, path)
-        return
-    chunks = _zstd_chunks(path, file_chunks(path)) if path.name.endswith(".zst") \
-        else file_chunks(path)
-    yield from _iter_jsonl(path, chunks)
+    with open(path, "rb") as f:
+        yield from _records_of(path, f, iter(lambda: f.read(1 << 20), b""))
 
 
 def _iter_url(url: str) -> Iterator[dict[str, Any]]:
@@ -303,13 +299,17 @@ def _iter_url(url: str) -> Iterator[dict[str, Any]]:
         f = fs.open(url, "rb")
     except Exception as e:  # the filesystem's own errors (missing, credentials, network)
         raise InputError(f"{url}: cannot open it ({_why(e)})") from None
-    name = source_name(url)
     with f:
-        if name.endswith(".parquet"):
-            yield from _iter_parquet(url, f)
-            return
-        raw = _read_chunks(url, f)
-        yield from _iter_jsonl(url, _zstd_chunks(url, raw) if name.endswith(".zst") else raw)
+        yield from _records_of(url, f, _read_chunks(url, f))
+
+
+def _records_of(name: Source, f: Any, raw: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """The records of one open file (``raw``: its bytes), in the format its name says."""
+    base = source_name(name)
+    if base.endswith(".parquet"):
+        yield from _iter_parquet(name, f)
+        return
+    yield from _iter_jsonl(name, _zstd_chunks(name, raw) if base.endswith(".zst") else raw)
 
 
 def _read_chunks(url: str, f: Any, size: int = 1 << 20) -> Iterator[bytes]:
