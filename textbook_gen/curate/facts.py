@@ -62,9 +62,8 @@ class DocumentStage:
     """The per-document stages that need nothing but the record: token count, the default
     filters, decontamination lookups and dedup signatures."""
 
-    def __init__(self, settings: CurationSettings, threads: int = 1):
+    def __init__(self, settings: CurationSettings):
         self.settings = settings
-        self.threads = threads
         self.filters: list[Filter] = default_filters(settings)
         self.decontam = Decontaminator(settings.decontaminate, settings.decontam_ngram)
         d = settings.dedup
@@ -73,7 +72,7 @@ class DocumentStage:
 
     def __call__(self, records: list[Record]) -> ChunkFacts:
         texts = [str(r.get("text", "")) for r in records]
-        tokens: list[int] | list[None] = (count_tokens_batch(texts, threads=self.threads)
+        tokens: list[int] | list[None] = (count_tokens_batch(texts)
                                           if self.settings.count_tokens else [None] * len(texts))
         reasons: list[str | None] = []
         passing = []
@@ -121,7 +120,7 @@ def facts_of_chunks(chunks: Iterable[list[Record]], settings: CurationSettings, 
     """Each chunk with its facts, in input order. With ``workers`` > 1 the chunks after the
     first go to that many processes, at most two chunks each in flight (memory stays bounded
     by the chunk size); the first chunk is done here, so a small curation starts no pool."""
-    stage = stage or DocumentStage(settings, threads=workers)
+    stage = stage or DocumentStage(settings)
     it = iter(chunks)
     first = next(it, None)
     if first is None:
@@ -133,7 +132,7 @@ def facts_of_chunks(chunks: Iterable[list[Record]], settings: CurationSettings, 
         return
     import multiprocessing
 
-    # spawn, not fork: the parent has threads (tokenizer pool, progress display)
+    # spawn, not fork: the parent has threads (the progress display, the store's writer)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_start_worker, initargs=(settings,)) as pool:
         pending: deque[tuple[list[Record], Future[ChunkFacts]]] = deque()

@@ -140,7 +140,7 @@ class _Curation:
         self.judge = judge if settings.judge.enabled else None
         self.progress = progress or (lambda stage, done, total: None)
         self.workers = workers or default_workers()
-        self.stage = stage or DocumentStage(settings, threads=self.workers)
+        self.stage = stage or DocumentStage(settings)
         self.extra_filters: list[Filter] = list(extra_filters or [])
         self.counts = {name: StageCount() for name in STAGES}
         self.loop = loop
