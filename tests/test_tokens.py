@@ -56,7 +56,8 @@ def test_counts_equal_tiktoken_on_random_mixed_text():
 
 
 def test_counts_equal_tiktoken_on_the_projects_own_prose_code_and_long_runs():
-    files = sorted(ROOT.glob("*.md")) + sorted(ROOT.glob("docs/*.md")) + sorted(ROOT.glob("textbook_gen/**/*.py"))
+    files = (sorted(ROOT.glob("*.md")) + sorted(ROOT.glob("docs/*.md"))
+             + sorted(ROOT.glob("textbook_gen/**/*.py")))
     texts = [f.read_text(encoding="utf-8") for f in files]
     texts += ["a" * 20_000, " " * 50_000, "\n" * 50_000, "7" * 30_000, " \n\t" * 10_000,
               " ".join(f"word{i % 97}" for i in range(20_000))]
