@@ -127,3 +127,52 @@ def test_ngram_rules_measure_prose_not_the_code_blocks():
     assert f.filter(_rec(exercise, kind="exercises")) is True
     prose_loop = "## T\n" + " ".join(["the numerator counts the pieces"] * 40) + "\n" + exercise
     assert f.filter(_rec(prose_loop))[0] is False
+
+
+def _reference_shares(words, lengths, n, total_chars):
+    """The Gopher n-gram shares computed the plain way: np.unique and a loop over positions."""
+    import numpy as np
+
+    from textbook_gen.curate.dedup import ngram_hashes
+
+    if len(words) < n:
+        return 0.0, 0.0
+    _, first, inverse, counts = np.unique(ngram_hashes(words, n), return_index=True,
+                                          return_inverse=True, return_counts=True)
+    best = int(counts.argmax())
+    top = 0.0
+    if counts[best] >= 2:
+        start = int(first[best])
+        top = int(lengths[start:start + n].sum()) * int(counts[best]) / total_chars
+    covered = set()
+    for i, k in enumerate(inverse):
+        if counts[k] > 1:
+            covered.update(range(i, i + n))
+    return top, sum(int(lengths[i]) for i in covered) / total_chars
+
+
+def test_ngram_shares_match_a_plain_reference_and_shrink_as_n_grows():
+    """The sort-once shares equal np.unique's on texts full of repeats and ties, and the
+    duplicated-n-gram share never grows with n (which lets the filter stop at the first n
+    with none)."""
+    import random
+
+    from textbook_gen.curate.dedup import words_with_lengths
+    from textbook_gen.curate.filters import _dup_ngram_share, _top_ngram_share
+
+    rng = random.Random(7)
+    vocab = ["a", "be", "cat", "door", "eagle", "fractions", "the", "of", "numerator", "x"]
+    for trial in range(300):
+        size = rng.choice([1, 3, 8, 40, 200])
+        words_list = [rng.choice(vocab[: rng.randint(2, len(vocab))]) for _ in range(size)]
+        if trial % 3 == 0:  # planted loops
+            words_list += rng.choice(vocab).split() * rng.randint(2, 6) + words_list[:10] * 3
+        words, lengths = words_with_lengths(" ".join(words_list))
+        total = int(lengths.sum()) or 1
+        previous = 1.0
+        for n in range(1, 11):
+            top, dup = _reference_shares(words, lengths, n, total)
+            assert _top_ngram_share(words, lengths, n, total) == top
+            assert _dup_ngram_share(words, lengths, n, total) == dup
+            assert dup <= previous
+            previous = dup

@@ -159,6 +159,8 @@ class RepetitionFilter(Filter):
             share = _dup_ngram_share(words, lengths, n, total_chars)
             if share > limit:
                 return False, f"repetition (duplicated {n}-grams cover {share:.2f} of characters)"
+            if share == 0.0:
+                break  # no n-gram repeats, so no longer one does: the larger n pass too
         return True
 
 
@@ -167,16 +169,29 @@ def _dup_fraction(items: list[str]) -> float:
     return sum(c for c in counts.values() if c > 1) / len(items)
 
 
+def _runs(words: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The n-gram hashes sorted (one argsort), as the sort order, each run's first place in
+    it and each run's length; runs come in ascending hash order, as np.unique's do."""
+    h = ngram_hashes(words, n)
+    order = np.argsort(h)
+    sorted_h = h[order]
+    new = np.empty(len(h), bool)
+    new[0] = True
+    np.not_equal(sorted_h[1:], sorted_h[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    return order, starts, np.diff(starts, append=len(h))
+
+
 def _top_ngram_share(words: np.ndarray, lengths: np.ndarray, n: int, total_chars: int) -> float:
-    """Characters of the most frequent n-gram times its count, over all characters."""
+    """Characters of the most frequent n-gram times its count, over all characters (ties go to
+    the smallest hash)."""
     if len(words) < n:
         return 0.0
-    _, first, inverse, counts = np.unique(ngram_hashes(words, n), return_index=True,
-                                          return_inverse=True, return_counts=True)
+    order, starts, counts = _runs(words, n)
     best = int(counts.argmax())
     if counts[best] < 2:
         return 0.0
-    start = int(first[best])
+    start = int(order[starts[best]])  # every occurrence has the same words, so the same length
     return int(lengths[start:start + n].sum()) * int(counts[best]) / total_chars
 
 
@@ -184,9 +199,11 @@ def _dup_ngram_share(words: np.ndarray, lengths: np.ndarray, n: int, total_chars
     """Characters inside n-grams that occur more than once, each character counted once."""
     if len(words) < n:
         return 0.0
-    _, inverse, counts = np.unique(ngram_hashes(words, n), return_inverse=True,
-                                   return_counts=True)
-    repeated_start = (counts[inverse] > 1).astype(np.int32)
+    order, _, counts = _runs(words, n)
+    if counts.max() < 2:
+        return 0.0
+    repeated_start = np.empty(len(order), np.int32)
+    repeated_start[order] = np.repeat(counts > 1, counts)
     covered = np.convolve(repeated_start, np.ones(n, np.int32))[: len(words)] > 0
     return int(lengths[covered].sum()) / total_chars
 
