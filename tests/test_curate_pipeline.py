@@ -200,3 +200,36 @@ def test_curate_command_rejects_records_without_text(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "textbook_gen", "curate", str(corpus), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "no 'text'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _curate_cli(tmp_path, config):
+    corpus = tmp_path / "corpus.jsonl"
+    rng = random.Random(8)
+    corpus.write_text("".join(json.dumps({"text": doc(rng, 120)}) + "\n" for _ in range(3)))
+    return subprocess.run(
+        [sys.executable, "-m", "textbook_gen", "curate", str(corpus), "--out",
+         str(tmp_path / "o"), "--config", str(config), "-q"],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_curate_refuses_a_curation_file_that_asks_for_the_judge(tmp_path):
+    config = tmp_path / "curation.yaml"
+    config.write_text("min_tokens: 20\njudge:\n  enabled: true\n")
+    proc = _curate_cli(tmp_path, config)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{config}:3: judge.enabled: curate runs no judge" in proc.stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_curate_with_a_curriculum_says_its_judge_is_not_run(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\nmodel: {provider: openai, name: gpt-4o-mini}\n"
+                    "subjects: [{name: S, topics: [T]}]\n"
+                    "documents: [{kind: chapter, template: chapter.md.j2}]\n"
+                    "curation:\n  min_tokens: 20\n  judge: {enabled: true}\n")
+    proc = _curate_cli(tmp_path, spec)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{spec}:7: curate runs no judge" in proc.stderr
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["settings"]["judge"]["enabled"] is False  # what ran, not what was asked
+    assert manifest["curation"]["kept"] == 3

@@ -487,9 +487,28 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
     from textbook_gen.spec import load_curriculum, load_yaml_model
 
     data = load_yaml_model(path)  # every problem with its line, like a spec
+    # curate has no judge: its calls are paid, so they belong to a run, with its store (never
+    # paid twice) and its budget. A spec's judge is the run's business: say it is not run here;
+    # a curation file that asks for one asks for what curate cannot do.
     if isinstance(data, dict) and "subjects" in data:  # a whole curriculum: use its section
-        return load_curriculum(path).curation.resolve_paths(path.parent)
-    return load_yaml_model(path, CurationSettings).resolve_paths(path.parent)
+        spec = load_curriculum(path)
+        settings = spec.curation.resolve_paths(path.parent)
+        if settings.enabled and settings.judge.enabled:
+            err.print(f"{escape(spec.where('curation', 'judge', 'enabled'))}: curate runs no "
+                      "judge (its paid calls belong to `textbook-gen run`, with the run's store"
+                      " and budget): curating without it, judge_score stays null",
+                      highlight=False)
+            settings = settings.without_judge()
+        return settings
+    settings = load_yaml_model(path, CurationSettings).resolve_paths(path.parent)
+    if settings.enabled and settings.judge.enabled:
+        from textbook_gen.spec import key_line
+
+        raise SpecError([f"{key_line(path, 'judge', 'enabled')}: judge.enabled: curate runs "
+                         "no judge (its paid calls belong to `textbook-gen run`, which keeps "
+                         "them in the run's store and budget); set it to false, or curate "
+                         "inside a run"])
+    return settings
 
 
 def _tree(source: Path, dest: Path) -> list[tuple[Path, Path]]:

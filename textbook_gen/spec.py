@@ -477,6 +477,12 @@ def load_yaml_model(path: Path, model: Any = None) -> Any:
     return _validate(Path(path), data, lines, model)
 
 
+def key_line(path: Path, *loc: Any) -> str:
+    """``file:line`` of a key path in a YAML file (the nearest line known)."""
+    _, lines, _ = _read_yaml(Path(path))
+    return f"{path}:{_line_for(tuple(loc), lines)}"
+
+
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int], bytes]:
     """The file's data, the line of every key path, and its bytes; problems raise."""
     try:

@@ -130,13 +130,17 @@ class CurationSettings(_Strict):
                    for b in self.decontaminate]
         return self.model_copy(update={"decontaminate": benches})
 
+    def without_judge(self) -> CurationSettings:
+        """These settings with the judge (and the revision it drives) off."""
+        return self.model_copy(update={"judge": self.judge.model_copy(update={"enabled": False}),
+                                       "revise": None})
+
     def all_stages_off(self) -> CurationSettings:
         """These settings with every rejecting stage turned off (``enabled: false``)."""
-        return self.model_copy(update={
+        return self.without_judge().model_copy(update={
             "min_tokens": 0, "max_tokens": None, "reject_truncated": False,
             "reject_refusals": False, "stock_openers": [], "check_structure": False,
             "repetition": None, "verify_code": False,
-            "judge": self.judge.model_copy(update={"enabled": False}), "revise": None,
             "copy_guard": self.copy_guard.model_copy(update={"enabled": False}),
             "dedup": self.dedup.model_copy(update={"exact": False, "near": False}),
             "decontaminate": []})
