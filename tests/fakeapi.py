@@ -189,8 +189,12 @@ class _Drop(Exception):
 class FakeAPI:
     def __init__(self, *, latency: float = 0.0, rpm: int | None = None, tpm: int | None = None,
                  responder: Callable[[dict], str] | None = None,
-                 batch_complete_after: float = 0.0, port: int = 0, host: str = "127.0.0.1"):
+                 batch_complete_after: float = 0.0, port: int = 0, host: str = "127.0.0.1",
+                 hold: Callable[[dict], bool] | None = None):
         self.latency, self.rpm, self.tpm = latency, rpm, tpm
+        # a generation request whose body ``hold`` is true for is answered once it is false
+        # (asked every 10 ms; the other requests are served meanwhile)
+        self.hold = hold
         self.responder, self.batch_complete_after = responder, batch_complete_after
         self.host, self.port, self.url = host, port, ""
         self.requests: list[Recorded] = []
@@ -541,6 +545,8 @@ class FakeAPI:
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
+            while self.hold is not None and self.hold(body):
+                await asyncio.sleep(0.01)
         finally:
             self.in_flight -= 1
         kind = fault.get("kind")

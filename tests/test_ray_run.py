@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,61 @@ def test_ray_with_batch_is_one_message(write_spec, tmp_path):
                         str(tmp_path / "o"), "--ray", "local", "--batch"], capture_output=True,
                        text=True, env=_env())
     assert p.returncode == 2 and "--ray with --batch" in p.stderr and "Traceback" not in p.stderr
+
+
+def _cell_of(body: dict) -> tuple[str, str]:
+    """(topic, audience) of a chapter request, read from its prompt."""
+    m = re.search(r"Topic of this section: (\S+)\nReaders: (\S+)", json.dumps(body["messages"])
+                  .replace("\\n", "\n"))
+    assert m, body
+    return m[1], m[2]
+
+
+def test_ray_run_passes_on_the_collapse_watch_and_stops_every_worker_on_it(write_spec, tmp_path,
+                                                                           cluster):
+    """Each worker watches its own answers; its alarm reaches the terminal and run.log as in
+    one process, and under --stop-on-collapse it stops the other workers too."""
+    from test_watch import RUN_SPEC, _text
+
+    from textbook_gen.distributed_run import partition_of
+    from textbook_gen.expand import jobs
+    from textbook_gen.spec import load_curriculum
+
+    spec = write_spec(RUN_SPEC)  # 80 jobs, concurrency 2 (one a worker), window 40, 10 answers
+    worker = {(j.topic, j.audience): partition_of(j.id, 2) for j in jobs(load_curriculum(spec))}
+    assert sorted(set(worker.values())) == [0, 1]
+    on_one = sum(worker.values())
+    rng = random.Random(4)
+    released = threading.Event()
+
+    def responder(body):  # worker 0's answers collapse; worker 1's do not
+        start = "It is important to note that" if worker[_cell_of(body)] == 0 else None
+        return "## A section\n\n" + _text(rng, start)
+
+    def hold(body):  # worker 1's first request waits until the alarm was logged
+        return worker[_cell_of(body)] == 1 and not released.is_set()
+
+    out = tmp_path / "run"
+    with FakeAPI(responder=responder, hold=hold) as server:
+        proc = _start(spec, out, server.url, "--ray", cluster, "--workers", "2",
+                      "--stop-on-collapse")
+        wait_for(lambda: "collapse watch" in _read(out / "run.log"), timeout=120)
+        released.set()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 6, err
+        assert "Stopped (--stop-on-collapse)" in err and "'it is important'" in err
+        assert "Traceback" not in err
+        sent_by_one = sum(worker[_cell_of(b)] for b in server.generation_bodies())
+        assert sent_by_one < on_one  # worker 1 never tripped: the driver stopped it
+        again = _start(spec, out, server.url, "--ray", cluster, "--workers", "2")
+        _, err = again.communicate(timeout=180)
+        assert again.returncode == 0, err  # without --stop-on-collapse it warns and goes on
+        assert "collapse watch" in err
+        assert server.count() == 80  # the rerun sent only what the stop left unsent
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

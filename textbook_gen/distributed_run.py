@@ -22,11 +22,10 @@ each, plus whatever the others did not need), and a skewed partition finishes la
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from textbook_gen.ledger import Ledger, StageSpend
 from textbook_gen.progress import Progress
 from textbook_gen.spec import Curriculum
 from textbook_gen.store import RunStore, StoredResponse
+from textbook_gen.watch import Alarm
 
 STOP_ORDER = ("fatal", "collapse", "budget", "interrupted")  # the stop a run reports first
 
@@ -89,9 +89,13 @@ class _Worker:
         self.retry_base_delay, self.rate_window = retry_base_delay, rate_window
         self.generator: Any = None
         self.stopped = False  # asked to stop before its step began
+        # the collapse watch's alarms of this worker's answers, in order; the driver shows
+        # and logs them (it reads the ones it has not seen, so a lost poll loses none)
+        self.alarms: list[Alarm] = []
 
     def run(self, items: list[WorkItem], stage: str, max_cost: float | None,
-            max_tokens: int | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+            max_tokens: int | None
+            ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[Alarm]]:
         from textbook_gen.run import make_generator
 
         ledger = Ledger(max_cost, max_tokens)
@@ -99,7 +103,7 @@ class _Worker:
             self.generator = make_generator(self.spec, store, ledger, batch=False,
                                             retry_base_delay=self.retry_base_delay,
                                             rate_window=self.rate_window, poll_interval=30.0,
-                                            stage=stage)
+                                            on_alarm=self.alarms.append, stage=stage)
             if self.stopped:
                 self.generator.request_stop()
 
@@ -110,10 +114,12 @@ class _Worker:
                     await self.generator.aclose()
 
             stats = asyncio.run(main())
-        return _stats_dict(stats), {k: asdict(v) for k, v in ledger.stages.items()}
+        return _stats_dict(stats), {k: asdict(v) for k, v in ledger.stages.items()}, self.alarms
 
-    def stats(self) -> dict[str, Any]:
-        return _stats_dict(self.generator.stats) if self.generator is not None else {}
+    def stats(self, alarms_seen: int) -> tuple[dict[str, Any], list[Alarm]]:
+        """The live counters, and the alarms after the first ``alarms_seen``."""
+        live = _stats_dict(self.generator.stats) if self.generator is not None else {}
+        return live, self.alarms[alarms_seen:]
 
     def stop(self) -> None:
         self.stopped = True
@@ -151,6 +157,11 @@ class RayGeneration:
         self.ray = ray
         self.store = store
         self.n = max(1, workers or cpus)
+        # each worker watches its own answers: a hash of the job id makes them a random share
+        # of the run's, so a window of them measures what a window of the whole stream does
+        self.stop_on_collapse = spec.watch.enabled and spec.watch.stop
+        self.on_alarm: Callable[[Alarm], None] = lambda alarm: None
+        self.alarms_seen = [0] * self.n
         # threaded: stats() and stop() answer while run() works
         actor: Any = ray.remote(max_concurrency=4, max_restarts=0)(_Worker)  # type: ignore[call-overload]
         share = _share(spec, self.n)
@@ -164,8 +175,11 @@ class RayGeneration:
         self.store.absorb_partitions()
 
     def generate(self, items: Iterator[WorkItem], count: int, label: str, stage: str,
-                 ledger: Ledger, progress: Progress) -> GenerationStats:
-        """Bring the step's jobs to an end state in the store, on the cluster."""
+                 ledger: Ledger, progress: Progress,
+                 on_alarm: Callable[[Alarm], None] | None = None) -> GenerationStats:
+        """Bring the step's jobs to an end state in the store, on the cluster; the collapse
+        watch's alarms go to ``on_alarm`` as they are raised."""
+        self.on_alarm = on_alarm or (lambda alarm: None)
         shares: list[list[WorkItem]] = [[] for _ in range(self.n)]
         for item in items:  # rendering prompts is the driver's: the spec's files are here
             shares[partition_of(item.job_id, self.n)].append(item)
@@ -191,9 +205,10 @@ class RayGeneration:
         total = GenerationStats(total=count)
         answers = ledger.ray.setdefault("answers_by_worker", [0] * self.n)
         ledger.ray["workers"] = self.n
-        for k, (stats, _) in enumerate(results):
+        for k, (stats, _, alarms) in enumerate(results):
             answers[k] += stats.get("succeeded", 0)
-        for stats, stages in results:
+            self._alarms(k, alarms, 0)
+        for stats, stages, _ in results:
             part = GenerationStats()
             for k, v in stats.items():
                 setattr(part, k, v)
@@ -201,7 +216,7 @@ class RayGeneration:
             for name, spend in stages.items():
                 ledger.add(name, StageSpend(**spend))
         total.total = count
-        stops = {s.get("stop_reason") for s, _ in results} - {None}
+        stops = {s.get("stop_reason") for s, _, _ in results} - {None}
         total.stop_reason = next((r for r in STOP_ORDER if r in stops), None)
         if ledger.max_cost_usd is not None and total.stop_reason == "budget":
             ledger.exhausted = True
@@ -222,17 +237,35 @@ class RayGeneration:
                     if error is None:
                         error = e
                         self.stop()
-            polls = [a.stats.remote() for a in self.actors]
+            polls = [a.stats.remote(seen) for a, seen in zip(self.actors, self.alarms_seen,
+                                                               strict=True)]
             answered, _ = self.ray.wait(polls, num_returns=len(polls), timeout=2.0)
             snapshot = []
-            for ref in answered:
-                with contextlib.suppress(Exception):  # a dead worker has no stats
-                    snapshot.append(self.ray.get(ref))
+            for k, ref in enumerate(polls):
+                if ref not in answered:
+                    continue
+                try:
+                    stats, alarms = self.ray.get(ref)
+                except Exception:  # noqa: BLE001 - a dead worker has no stats; _wait raises
+                    continue
+                snapshot.append(stats)
+                self._alarms(k, alarms, self.alarms_seen[k])
             for name in (*COUNTERS, *GAUGES):
                 setattr(live, name, sum(s.get(name, 0) for s in snapshot if s))
         if error is not None:
             raise error
         return list(self.ray.get(refs))
+
+    def _alarms(self, k: int, alarms: list[Alarm], start: int) -> None:
+        """Pass on the alarms of worker ``k`` not passed on yet (``alarms`` are its alarms
+        from the ``start``-th on); under --stop-on-collapse an alarm stops every worker, as
+        it stops one process."""
+        unseen = alarms[max(0, self.alarms_seen[k] - start):]
+        self.alarms_seen[k] = max(self.alarms_seen[k], start + len(alarms))
+        for alarm in unseen:
+            self.on_alarm(alarm)
+        if unseen and self.stop_on_collapse:
+            self.stop()
 
     def stop(self) -> None:
         """No new requests on any worker; those in flight finish and are stored."""
