@@ -179,3 +179,30 @@ def test_one_replica_down_the_other_carries_on(api_env, write_spec, tmp_path):
                                Overrides(base_url=[f"{up.url}/v1", f"{down.url}/v1"]))
         result = run_curriculum(spec, out_dir=tmp_path / "o", retry_base_delay=0.01)
         assert result.records == 6 and not result.failed
+
+
+@pytest.mark.parametrize("share", [1, 2])
+def test_an_engine_takes_its_share_of_the_limits_the_server_reports(api_env, write_spec,
+                                                                    tmp_path, share):
+    """The server's rate-limit headers give the account's limits; an engine that is one of
+    ``share`` senders on that account (a Ray worker) keeps to its part of them."""
+    from fakeapi import FakeAPI
+
+    from textbook_gen.generator import WorkItem, drive
+    from textbook_gen.ledger import Ledger
+    from textbook_gen.progress import Progress
+    from textbook_gen.providers.base import Request
+    from textbook_gen.run import make_generator
+
+    with FakeAPI(rpm=20, tpm=90_000) as server:
+        spec = apply_overrides(load_curriculum(write_spec(ONE_JOB)),
+                               Overrides(base_url=[f"{server.url}/v1"]))
+        with RunStore(tmp_path / "run.sqlite") as store:
+            engine = make_generator(spec, store, Ledger(None, None), batch=False,
+                                    retry_base_delay=0.01, rate_window=60.0, poll_interval=1.0,
+                                    limit_share=share)
+            request = Request.build("openai", "gpt-4o-mini", [("user", "Say hi.")],
+                                    {"max_tokens": 20})
+            drive(engine, iter([WorkItem("j", request)]), 1, Progress())
+    assert engine.limiter.requests.limit == 20 // share
+    assert engine.limiter.tokens.limit == 90_000 // share

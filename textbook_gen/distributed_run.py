@@ -84,8 +84,8 @@ class _Worker:
     """A Ray actor: one engine over its share of a step's jobs."""
 
     def __init__(self, spec: Curriculum, part: str, base: str, retry_base_delay: float,
-                 rate_window: float):
-        self.spec, self.part, self.base = spec, Path(part), Path(base)
+                 rate_window: float, workers: int):
+        self.spec, self.part, self.base, self.workers = spec, Path(part), Path(base), workers
         self.retry_base_delay, self.rate_window = retry_base_delay, rate_window
         self.generator: Any = None
         self.stopped = False  # asked to stop before its step began
@@ -103,7 +103,8 @@ class _Worker:
             self.generator = make_generator(self.spec, store, ledger, batch=False,
                                             retry_base_delay=self.retry_base_delay,
                                             rate_window=self.rate_window, poll_interval=30.0,
-                                            on_alarm=self.alarms.append, stage=stage)
+                                            on_alarm=self.alarms.append, stage=stage,
+                                            limit_share=self.workers)
             if self.stopped:
                 self.generator.request_stop()
 
@@ -166,7 +167,7 @@ class RayGeneration:
         actor: Any = ray.remote(max_concurrency=4, max_restarts=0)(_Worker)  # type: ignore[call-overload]
         share = _share(spec, self.n)
         self.actors = [actor.remote(share, str(partition_path(store.path.parent, k)),
-                                    str(store.path), retry_base_delay, rate_window)
+                                    str(store.path), retry_base_delay, rate_window, self.n)
                        for k in range(self.n)]
 
     def close(self) -> None:

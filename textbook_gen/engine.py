@@ -43,6 +43,7 @@ class Engine:
         on_alarm: Callable[[Alarm], None] | None = None,
         retry_base_delay: float = 1.0,
         rate_window: float = 60.0,
+        limit_share: int = 1,
     ):
         if not providers:
             raise ValueError("at least one provider")
@@ -56,7 +57,7 @@ class Engine:
         self.retry_base_delay = retry_base_delay
         self.limiter = RateLimiter(
             rpm=settings.rpm, tpm=settings.tpm, input_tpm=settings.input_tpm,
-            output_tpm=settings.output_tpm, window=rate_window,
+            output_tpm=settings.output_tpm, window=rate_window, share=limit_share,
         )
         self.ledger = ledger or Ledger(settings.max_cost_usd, settings.max_total_tokens)
         self.stage = stage

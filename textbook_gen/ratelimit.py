@@ -50,8 +50,11 @@ class RateLimiter:
 
     def __init__(self, *, rpm: int | None = None, tpm: int | None = None,
                  input_tpm: int | None = None, output_tpm: int | None = None,
-                 window: float = 60.0):
+                 window: float = 60.0, share: int = 1):
         self.window = window
+        # how many limiters send on one account (Ray workers): each takes its part of what
+        # the server reports, since the server's figure is the account's, not this sender's
+        self.share = share
         self.requests = SlidingWindow(rpm, window) if rpm else None
         self.tokens = SlidingWindow(tpm, window) if tpm else None
         self.input_tokens = SlidingWindow(input_tpm, window) if input_tpm else None
@@ -90,11 +93,12 @@ class RateLimiter:
 
     def tighten(self, *, rpm: int | None = None, tpm: int | None = None,
                 input_tpm: int | None = None, output_tpm: int | None = None) -> None:
-        """Lower (never raise) limits to what the server reports."""
+        """Lower (never raise) limits to what the server reports (this sender's part)."""
         for attr, value in (("requests", rpm), ("tokens", tpm), ("input_tokens", input_tpm),
                             ("output_tokens", output_tpm)):
             if not value:
                 continue
+            value = max(1, value // self.share)
             current = getattr(self, attr)
             if current is None:
                 setattr(self, attr, SlidingWindow(value, self.window))

@@ -459,7 +459,9 @@ def _check_run_dir(out_dir: Path) -> None:
 def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: bool,
                    retry_base_delay: float, rate_window: float, poll_interval: float,
                    on_alarm: Callable[[Alarm], None] | None = None,
-                   stage: str = "generate") -> Generator:
+                   stage: str = "generate", limit_share: int = 1) -> Generator:
+    """The generator of one step; ``limit_share``: how many engines (Ray workers) send on the
+    account, each taking its part of the rate limits the server reports."""
     if batch:
         from textbook_gen.batch import BatchRunner, backend_for
 
@@ -470,7 +472,7 @@ def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: 
     watch = Watch(spec.watch) if spec.watch.enabled and stage == "generate" else None
     return Engine(make_providers(spec), store, spec.engine, spec_price(spec), ledger=ledger,
                   retry_base_delay=retry_base_delay, rate_window=rate_window, watch=watch,
-                  on_alarm=on_alarm, stage=stage)
+                  on_alarm=on_alarm, stage=stage, limit_share=limit_share)
 
 
 def run_curriculum(
