@@ -125,7 +125,9 @@ def sent_messages(body: dict) -> str:
                       sort_keys=True)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Wait until ``predicate()`` holds; ``timeout`` is a hang guard, sized for a loaded
+    machine, not a timing expectation."""
     import time
 
     deadline = time.monotonic() + timeout

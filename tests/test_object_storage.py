@@ -95,7 +95,7 @@ def _upload(fs, files: list[Path], prefix: str) -> None:
         fs.pipe(f"{BUCKET}/{prefix}/{f.name}", f.read_bytes())
 
 
-def _curate(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+def _curate(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "textbook_gen", "curate", *args, "-q"],
                           capture_output=True, text=True, env={**os.environ, **env},
                           timeout=timeout)
@@ -138,6 +138,7 @@ def _config(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.timeout(1200)  # a hang guard: Ray starts slowly on a loaded machine
 def test_ray_workers_read_the_objects_themselves(tmp_path, s3):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'textbook-gen[ray]')")
     fs, env = s3
