@@ -498,7 +498,6 @@ def _curation_settings(path: Path | None):  # noqa: ANN202 - CurationSettings, i
                       "judge (its paid calls belong to `textbook-gen run`, with the run's store"
                       " and budget): curating without it, judge_score stays null",
                       highlight=False)
-            settings = settings.without_judge()
         return settings
     settings = load_yaml_model(path, CurationSettings).resolve_paths(path.parent)
     if settings.enabled and settings.judge.enabled:

@@ -518,6 +518,7 @@ def curate_corpus(inputs: Sequence[str | Path], out_dir: str | Path, settings: C
                          "the directory to object storage (manifest.json last)")
     sources = input_sources(inputs)
     build = Build(Path(out_dir))
+    settings = settings.without_judge()  # no run store or budget here to pay a judge from
     if ray is not None:
         from textbook_gen.curate.distributed import curate_on_ray
 
