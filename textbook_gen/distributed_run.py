@@ -149,7 +149,10 @@ class RayGeneration:
     """The actors of one run, reused by every step (each round of the loop, each stage)."""
 
     def __init__(self, spec: Curriculum, store: RunStore, address: str, workers: int | None,
-                 retry_base_delay: float, rate_window: float):
+                 retry_base_delay: float, rate_window: float,
+                 on_alarm: Callable[[Alarm], None] | None = None):
+        """``on_alarm`` receives the collapse watch's alarms of every worker as the driver
+        learns of them (the run shows and logs them, as it does for one engine)."""
         from textbook_gen.curate.distributed import connect
 
         cpus = connect(address, workers)
@@ -161,7 +164,7 @@ class RayGeneration:
         # each worker watches its own answers: a hash of the job id makes them a random share
         # of the run's, so a window of them measures what a window of the whole stream does
         self.stop_on_collapse = spec.watch.enabled and spec.watch.stop
-        self.on_alarm: Callable[[Alarm], None] = lambda alarm: None
+        self.on_alarm = on_alarm
         self.alarms_seen = [0] * self.n
         # threaded: stats() and stop() answer while run() works
         actor: Any = ray.remote(max_concurrency=4, max_restarts=0)(_Worker)  # type: ignore[call-overload]
@@ -176,11 +179,8 @@ class RayGeneration:
         self.store.absorb_partitions()
 
     def generate(self, items: Iterator[WorkItem], count: int, label: str, stage: str,
-                 ledger: Ledger, progress: Progress,
-                 on_alarm: Callable[[Alarm], None] | None = None) -> GenerationStats:
-        """Bring the step's jobs to an end state in the store, on the cluster; the collapse
-        watch's alarms go to ``on_alarm`` as they are raised."""
-        self.on_alarm = on_alarm or (lambda alarm: None)
+                 ledger: Ledger, progress: Progress) -> GenerationStats:
+        """Bring the step's jobs to an end state in the store, on the cluster."""
         shares: list[list[WorkItem]] = [[] for _ in range(self.n)]
         for item in items:  # rendering prompts is the driver's: the spec's files are here
             shares[partition_of(item.job_id, self.n)].append(item)
@@ -264,7 +264,8 @@ class RayGeneration:
         unseen = alarms[max(0, self.alarms_seen[k] - start):]
         self.alarms_seen[k] = max(self.alarms_seen[k], start + len(alarms))
         for alarm in unseen:
-            self.on_alarm(alarm)
+            if self.on_alarm is not None:
+                self.on_alarm(alarm)
         if unseen and self.stop_on_collapse:
             self.stop()
 

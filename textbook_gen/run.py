@@ -527,9 +527,8 @@ def run_curriculum(
                     from textbook_gen.distributed_run import RayGeneration
 
                     cluster.append(RayGeneration(spec, store, ray, workers, retry_base_delay,
-                                                 rate_window))
-                return cluster[0].generate(items, count, label, stage, ledger, progress,
-                                           on_alarm)
+                                                 rate_window, on_alarm))
+                return cluster[0].generate(items, count, label, stage, ledger, progress)
             generator = make_generator(spec, store, ledger, batch=batch,
                                        retry_base_delay=retry_base_delay,
                                        rate_window=rate_window, poll_interval=poll_interval,
