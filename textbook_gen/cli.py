@@ -382,6 +382,13 @@ def run(
         raise JobsFailed(f"{len(result.failed)} of {result.manifest['counts']['jobs']} jobs"
                          " failed (reasons above); the outputs hold the others. Run the same"
                          " command again to retry the failed jobs: nothing stored is sent again")
+    if not result.records:
+        from textbook_gen.errors import NothingKept
+
+        raise NothingKept(f"nothing was kept: curation rejected all {result.rejected:,}"
+                          " documents (reasons above). Read the rejects, then change the"
+                          " templates, the model or the curation settings and run again (only"
+                          " changed prompts are sent)")
 
 
 @app.command()
@@ -439,13 +446,19 @@ def curate(
 
 def _summary(result: Any, money: Any) -> None:
     """The end of a run: what was kept, why the rest was rejected, spend, where, what next."""
-    m, st = result.manifest, result.stats
+    m, st, ledger = result.manifest, result.stats, result.ledger
     counts = m["counts"]
     d = escape(str(result.out_dir))
-    err.print(f"[green]done[/] {counts['jobs']:,} jobs: [bold]{counts['records']:,} kept[/],"
+    spend = money(ledger.run_usd if ledger.cost_known else None)
+    if ledger.max_cost_usd is not None:  # the cap is the directory's, over every invocation
+        spend += (f" this run; ${ledger.spent_usd:,.4f} of the ${ledger.max_cost_usd:,.4f}"
+                  " cap spent in this directory")
+    else:
+        spend += " this run"
+    done = "[green]done[/]" if counts["records"] else "[red]nothing kept[/]"
+    err.print(f"{done} {counts['jobs']:,} jobs: [bold]{counts['records']:,} kept[/],"
               f" {counts['rejected']:,} rejected, {counts['failed']:,} failed · {st.succeeded:,}"
-              f" new answers, {st.cached:,} from the store · {money(result.ledger.spent_usd)}"
-              " this run", highlight=False)
+              f" new answers, {st.cached:,} from the store · {spend}", highlight=False)
     cov = m.get("coverage")
     if cov:
         why: dict[str, int] = {}
@@ -464,6 +477,12 @@ def _summary(result: Any, money: Any) -> None:
     shards = [s for s in m["shards"] if s["name"].startswith("shards/")]
     err.print(f"  corpus: {d}/shards/ ({len(shards)} {m['format']} shard"
               f"{'s' * (len(shards) != 1)}, manifest: {d}/manifest.json)", highlight=False)
+    if not counts["records"]:
+        err.print(f"  next: textbook-gen show {d} --rejected --random 2    (why documents were"
+                  " rejected)\n"
+                  f"        textbook-gen cat {d} --rejects    (every reject, with its reason)",
+                  highlight=False)
+        return
     err.print(f"  next: textbook-gen show {d} --random 2    (read two documents)\n"
               f"        textbook-gen show {d} --rejected --random 2    (and two rejects, with why)\n"
               f"        textbook-gen cat {d} --text | your-tokenizer    (the text, NUL-separated)",

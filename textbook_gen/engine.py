@@ -14,12 +14,19 @@ import asyncio
 import concurrent.futures
 import itertools
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from textbook_gen.errors import FatalProviderError, ProviderError
 from textbook_gen.generator import GenerationStats, WorkItem
 from textbook_gen.ledger import Ledger
-from textbook_gen.providers.base import Provider, Request, Response, with_answer_start
+from textbook_gen.providers.base import (
+    Provider,
+    Request,
+    Response,
+    same_model,
+    with_answer_start,
+)
 from textbook_gen.ratelimit import RateLimiter
 from textbook_gen.spec import EngineSettings
 from textbook_gen.store import RunStore
@@ -27,6 +34,11 @@ from textbook_gen.tokens import ModelPrice, estimate_input_tokens
 from textbook_gen.watch import Alarm, Watch
 
 MAX_BACKOFF = 60.0
+# the circuit breaker: this many connection failures in a row, over at least
+# BREAKER_PATIENCE base retry delays (30 s at the default delay; 10x that once the endpoint
+# has answered in this run), stop the run
+BREAKER_FAILURES = 8
+BREAKER_PATIENCE = 30.0
 
 
 class Engine:
@@ -44,6 +56,8 @@ class Engine:
         retry_base_delay: float = 1.0,
         rate_window: float = 60.0,
         limit_share: int = 1,
+        on_notice: Callable[[str], None] | None = None,
+        give_up_after: int | None = None,
     ):
         if not providers:
             raise ValueError("at least one provider")
@@ -67,6 +81,13 @@ class Engine:
         self._stopping = False
         self._error: Exception | None = None  # the first error that stopped the run
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_notice = on_notice
+        self.give_up_after = give_up_after  # a stage whose first N jobs all fail stops
+        self._pending: dict[str, asyncio.Future[str | None]] = {}  # request key -> its outcome
+        self._streak: list[float] = []  # times of connection failures since the last answer
+        self._reached = False
+        self._model_warned = False
+        self._wake = asyncio.Event()
 
     # -- control
     def request_stop(self, reason: str = "interrupted") -> None:
@@ -128,7 +149,12 @@ class Engine:
         await asyncio.wrap_future(fut)
 
     async def process(self, job_id: str, req: Request, kind: str = "", cell: str = "") -> None:
-        """Bring one job to an end state in the store: answered, or failed with a reason."""
+        """Bring one job to an end state in the store: answered, or failed with a reason.
+
+        The one paid path: look the request up in the store, join an identical request
+        already in flight, then for each attempt reserve the worst case in the ledger, wait
+        for rate-limit room, send, and settle what the provider billed (whatever became of
+        the text); the answer or the failure is stored with what it cost."""
         stored = self.store.get_response(req.key)
         if stored is not None and stored.status == "ok":
             retry = self._truncation_retry(req, stored.finish_reason)
@@ -139,45 +165,171 @@ class Engine:
             self.stats.cached += 1
             self.stats.done += 1
             return
-        input_estimate = estimate_input_tokens(req.messages)
-        max_out = int(req.param.get("max_tokens", 0))
-        hold = self.ledger.reserve(self.stage, self.price, input_estimate, max_out)
-        if hold is None:
-            self.request_stop("budget")
-            return
-        self.stats.in_flight += 1
-        try:
-            await self.limiter.acquire(input_estimate, max_out)
-            resp, attempts = await self._call(req)
-            resp = with_answer_start(req, resp)
-        except ProviderError as e:
-            self.ledger.release(hold)
-            if isinstance(e, FatalProviderError):
-                self._error = self._error or e
-                self.request_stop("fatal")
-            else:
+        joined = self._pending.get(req.key)
+        if joined is not None:  # the same request is in flight for another job: its answer
+            theirs = await asyncio.shield(joined)
+            if theirs == "failed":  # ... or its failure, without paying for it again
+                await self._durable(self.store.link_job(job_id, req.key))
                 self.stats.failed += 1
                 self.stats.done += 1
-            await self._durable(self.store.put_failure(
-                req, kind=e.kind, error=str(e), attempts=getattr(e, "attempts", 1), job_id=job_id))
+                return
+            if theirs == "ok" or not self._stopping:
+                return await self.process(job_id, req, kind, cell)
             return
+        outcome: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending[req.key] = outcome
+        self.stats.in_flight += 1
+        result: str | None = None
+        try:
+            result = await self._send(job_id, req, kind, cell)
         finally:
             self.stats.in_flight -= 1
-        cost = self.ledger.settle(hold, resp.input_tokens, resp.output_tokens)
-        await self._durable(self.store.put_response(req, resp, cost_usd=cost, attempts=attempts,
-                                                    job_id=job_id))
-        self._account(resp, cost)
-        retry = self._truncation_retry(req, resp.finish_reason)
-        if retry is not None:
+            del self._pending[req.key]
+            outcome.set_result(result)
+        if result == "truncated":
+            retry = self._truncation_retry(req, "length")
+            assert retry is not None
             self.stats.done -= 1  # the job is not over: it continues with the larger request
             await self.process(job_id, retry, kind, cell)
+
+    async def _send(self, job_id: str, req: Request, kind: str, cell: str) -> str | None:
+        """Attempts until an answer, a final failure or a stop: "ok", "truncated" (ok, to be
+        sent again with more room), "failed", or None (stopped before an end state)."""
+        input_estimate = estimate_input_tokens(req.messages)
+        max_out = int(req.param.get("max_tokens", 0))
+        cost, cost_known, error = 0.0, self.price is not None, None
+        for attempt in itertools.count(1):
+            if attempt > 1 and self._stopping and self._error is not None:
+                break  # the run is stopping on an error: no more attempts
+            hold = self.ledger.reserve(self.stage, self.price, input_estimate, max_out,
+                                       model=req.model)
+            if hold is None:
+                self.request_stop("budget")
+                break
+            try:
+                await self.limiter.acquire(self.ledger.input_bound(req.model, input_estimate),
+                                           max_out)
+                resp = await self._attempt(req)
+            except ProviderError as e:
+                if e.usage is not None:  # billed, though the answer is unusable
+                    cost += self.ledger.settle(hold, *e.usage)
+                else:
+                    self.ledger.release(hold)
+                error = e
+                if isinstance(e, FatalProviderError):
+                    self._fail(e)
+                    break
+                if not e.retryable or attempt > self.settings.max_retries or self._stopping:
+                    break
+                self.stats.retries += 1
+                await self._pause(self._backoff(attempt, e.retry_after))
+                continue
+            except BaseException:
+                self.ledger.release(hold)
+                raise
+            cost += self.ledger.settle(hold, resp.input_tokens, resp.output_tokens)
+            resp = with_answer_start(req, resp)
+            await self._durable(self.store.put_response(
+                req, resp, cost_usd=cost if cost_known else None, attempts=attempt,
+                job_id=job_id))
+            self._account(resp, cost)
+            if self._truncation_retry(req, resp.finish_reason) is not None:
+                return "truncated"
+            if self.watch is not None:  # it judges the model's words, not the answer start
+                for alarm in self.watch.add(kind, cell, resp.text[len(req.answer_start or ""):]):
+                    if self.on_alarm is not None:
+                        self.on_alarm(alarm)
+                    if self.watch.s.stop:
+                        self.request_stop("collapse")
+            return "ok"
+        if error is None and not cost:
+            return None  # nothing was sent or billed: the job waits for the next run
+        if error is None or (self._stopping and error.retryable):
+            # stopped between attempts (budget, another job's fatal error): what was billed
+            # is kept; the job is tried again by the next run
+            error = error or ProviderError("stopped before an answer", kind="stopped")
+        self.stats.cost_usd += cost
+        fatal = isinstance(error, FatalProviderError)
+        if not fatal:
+            self.stats.failed += 1
+            self.stats.done += 1
+            self._note_failure(error)
+        await self._durable(self.store.put_failure(
+            req, kind=error.kind, error=str(error), attempts=attempt, job_id=job_id,
+            cost_usd=cost if cost_known else None))
+        return "failed"
+
+    async def _attempt(self, req: Request) -> Response:
+        """One call to the endpoint with the fewest requests in flight; connection failures
+        feed the circuit breaker."""
+        i = self._pick_provider()
+        self._in_flight[i] += 1
+        self.stats.sent += 1
+        try:
+            resp = await self.providers[i].complete(req)
+        except ProviderError as e:
+            if e.kind == "connection":
+                self._breaker(self.providers[i], e)
+            elif e.status is not None:
+                self._streak, self._reached = [], True  # the server answered
+            raise
+        finally:
+            self._in_flight[i] -= 1
+        self._streak = []
+        self._reached = True
+        self._check_model(req, resp)
+        return resp
+
+    def _breaker(self, provider: Provider, e: ProviderError) -> None:
+        """After a run of connection failures with no answer between them, stop sending: the
+        endpoint is down, and waiting out every job's backoff only delays saying so."""
+        now = time.monotonic()
+        self._streak.append(now)
+        span = now - self._streak[0]
+        # a blip (a proxy restarting) lasts less than the run's patience; an endpoint that
+        # never answered this run gets less patience than one that did
+        patience = BREAKER_PATIENCE * self.retry_base_delay
+        if self._reached:
+            patience *= 10
+        if len(self._streak) >= BREAKER_FAILURES and span >= patience:
+            where = provider.endpoint or provider.name
+            self._fail(FatalProviderError(
+                f"cannot reach {where}: {len(self._streak)} connection attempts in a row failed"
+                f" over {span:.0f} s with no answer (last: {e}). Nothing was lost; check that"
+                " the server is up and the URL (--base-url, model.base_url) is right, then run"
+                " the same command again to continue", kind="unreachable"))
+            self._wake.set()
+
+    def _note_failure(self, error: ProviderError) -> None:
+        """``give_up_after``: a stage whose first jobs all fail is stopped, naming why."""
+        if (self.give_up_after is not None and self.stats.succeeded == 0
+                and self.stats.failed >= self.give_up_after):
+            self._fail(FatalProviderError(
+                f"the {self.stage} stage's first {self.stats.failed} requests all failed and"
+                f" none succeeded; the provider said: {error}", kind=f"{self.stage}_failing"))
+            self._wake.set()
+
+    def _check_model(self, req: Request, resp: Response) -> None:
+        """A server that answers as another model than the one asked is priced as the one
+        asked (what the spec says); the user is told once."""
+        if self._model_warned or not resp.model or same_model(req.model, resp.model):
             return
-        if self.watch is not None:  # it judges the model's words, not a template's answer start
-            for alarm in self.watch.add(kind, cell, resp.text[len(req.answer_start or ""):]):
-                if self.on_alarm is not None:
-                    self.on_alarm(alarm)
-                if self.watch.s.stop:
-                    self.request_stop("collapse")
+        self._model_warned = True
+        if self.on_notice is not None:
+            self.on_notice(f"warning: asked for model {req.model!r}, the server answered as"
+                           f" {resp.model!r}; costs are computed at {req.model!r}'s price")
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep out a backoff; a run stopping on an error wakes it at once."""
+        if self._error is not None:
+            return
+        sleep, wake = asyncio.ensure_future(asyncio.sleep(seconds)), asyncio.ensure_future(
+            self._wake.wait())
+        try:
+            await asyncio.wait((sleep, wake), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            wake.cancel()
 
     def _on_token(self) -> None:
         """A streaming provider generated one more token (called from its thread)."""
@@ -216,25 +368,6 @@ class Engine:
         """The endpoint with the fewest requests in flight (round-robin among equals)."""
         best = min(self._in_flight)
         return self._in_flight.index(best)
-
-    async def _call(self, req: Request) -> tuple[Response, int]:
-        for attempt in itertools.count(1):
-            i = self._pick_provider()
-            self._in_flight[i] += 1
-            self.stats.sent += 1
-            try:
-                return await self.providers[i].complete(req), attempt
-            except FatalProviderError:
-                raise
-            except ProviderError as e:
-                if not e.retryable or attempt > self.settings.max_retries:
-                    e.attempts = attempt  # type: ignore[attr-defined]
-                    raise
-                self.stats.retries += 1
-                await asyncio.sleep(self._backoff(attempt, e.retry_after))
-            finally:
-                self._in_flight[i] -= 1
-        raise AssertionError("unreachable")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Full-jitter exponential backoff, never shorter than the server asked for."""

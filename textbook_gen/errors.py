@@ -12,11 +12,13 @@
     ├── BudgetExceeded               the next request would cross --max-cost / --max-tokens (exit 4)
     ├── JobsFailed                   the run finished but some jobs failed; outputs are written (exit 5)
     ├── CollapseStopped              --stop-on-collapse: the watch stopped the run; resumable (exit 6)
+    ├── NothingKept                  the run finished, no job failed, but curation kept nothing (exit 7)
     └── Interrupted                  Ctrl-C: state is saved and the run can be resumed (exit 130)
 
 Exit codes, as the README documents them: 0 every job ended kept or rejected; 1 an error of
 the machine or the tool (message says which); 2 bad input; 3 the provider refused the run;
-4 budget reached; 5 finished, some jobs failed; 6 stopped by the collapse watch; 130 interrupted.
+4 budget reached; 5 finished, some jobs failed; 6 stopped by the collapse watch; 7 finished,
+but nothing was kept; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ class ProviderError(TextbookGenError):
         retryable: bool = False,
         retry_after: float | None = None,
         kind: str = "error",
+        usage: tuple[int, int] | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
         self.kind = kind
+        # (input, output) tokens the provider reported for a call it billed but whose answer
+        # is unusable (empty, unparseable): the ledger charges them all the same
+        self.usage = usage
 
 
 class FatalProviderError(ProviderError):
@@ -91,6 +97,12 @@ class JobsFailed(TextbookGenError):
 
 class CollapseStopped(TextbookGenError):
     exit_code = 6
+
+
+class NothingKept(TextbookGenError):
+    """Every job ended, none failed, and curation rejected every document (exit 7)."""
+
+    exit_code = 7
 
 
 class Interrupted(TextbookGenError):

@@ -57,7 +57,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: Promp
             "response_id": resp.response_id,
             "finish_reason": resp.finish_reason,
             "usage": {"input": resp.input_tokens, "output": resp.output_tokens},
-            "cost_usd": round(resp.cost_usd, 8),
+            "cost_usd": None if resp.cost is None else round(resp.cost, 8),  # None: unknown
             "batch_id": resp.batch_id,
             "created_at": dt.datetime.fromtimestamp(resp.created_at, dt.UTC).isoformat(),
             "tool": f"textbook-gen {__version__}",

@@ -170,21 +170,28 @@ def _spend(run_dir: Path) -> str:
 
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT created_at, cost_usd, output_tokens FROM responses"
-                          " WHERE status = 'ok' ORDER BY created_at").fetchall()
+        try:  # billed failures count too; a store from before 004_cost_known knows every cost
+            rows = db.execute("SELECT created_at, cost_usd, output_tokens, cost_known FROM"
+                              " responses WHERE status = 'ok' OR cost_usd > 0"
+                              " ORDER BY created_at").fetchall()
+        except sqlite3.OperationalError:
+            rows = db.execute("SELECT created_at, cost_usd, output_tokens, 1 FROM responses"
+                              " WHERE status = 'ok' ORDER BY created_at").fetchall()
     finally:
         db.close()
     if not rows:
         return "<h2>Spend</h2><p>No answers stored.</p>"
-    times = [dt.datetime.fromtimestamp(t, dt.UTC) for t, _, _ in rows]
+    times = [dt.datetime.fromtimestamp(t, dt.UTC) for t, _, _, _ in rows]
     cost, tokens, c, k = [], [], 0.0, 0
-    for _, usd, out_tokens in rows:
+    known = all(r[3] for r in rows)
+    for _, usd, out_tokens, _ in rows:
         c += usd
         k += out_tokens
         cost.append(c)
         tokens.append(k)
     spend = go.Figure(go.Scatter(x=times, y=cost, mode="lines"))
-    spend.update_layout(title=f"cumulative spend (USD): ${c:.4f}")
+    spend.update_layout(title=f"cumulative spend (USD): ${c:.4f}" if known else
+                        "cumulative spend: unknown (a model without a price; add prices:)")
     made = go.Figure(go.Scatter(x=times, y=tokens, mode="lines"))
     made.update_layout(title=f"cumulative output tokens: {k:,}")
     return ("<h2>Spend and throughput</h2><div class='grid'>" + _figure(spend, "chart-spend")

@@ -7,6 +7,7 @@ stage of a run (generation, batch, judge) reserves and accounts in the run's one
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ class Plan:
     input_tokens: int
     max_output_tokens: int
     stored: int  # already answered in the run store: will not be sent again
-    spent_usd: float  # what the stored answers cost
+    spent_usd: float | None  # what the stored requests cost (None: unknown, no price)
     price: ModelPrice | None
     examples: list[tuple[Job, str]]  # (job, rendered prompt) for --show
     judge: JudgePlan | None = None
@@ -272,7 +273,7 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
     identity = store.job_identity if store is not None else "names"
     t = _Tally(show, seed_of=renderer.seed_provenance)
     stored = 0
-    spent = store.totals()["cost_usd"] if store is not None else 0.0
+    spent = store.totals()["cost_usd"] if store is not None else 0.0  # None: unknown
     try:
         for job in jobs(spec, limit, identity):
             req = renderer.render(job)
@@ -396,15 +397,30 @@ def make_providers(spec: Curriculum) -> list[Provider]:
     ]
 
 
+def run_ledger(spec: Curriculum, store: RunStore) -> Ledger:
+    """The run's one budget. The caps are the run directory's: what earlier invocations
+    spent on it (stored with their answers and failures) counts against them."""
+    totals = store.totals()
+    return Ledger(spec.engine.max_cost_usd, spec.engine.max_total_tokens,
+                  earlier_usd=totals["cost_usd"] or 0.0,
+                  earlier_tokens=totals["input_tokens"] + totals["output_tokens"])
+
+
+# a side stage (the judge) whose first this many requests all fail stops the run
+SIDE_STAGE_GIVE_UP = 3
+
+
 def send_side_stage(spec: Curriculum, store: RunStore, ledger: Ledger, items: list[WorkItem],
                     progress: Progress, stage: str, doing: str) -> None:
     """Send a side stage's requests (judge, grow) to ``spec``'s model through the engine, the
     run store and the ledger; a budget stop or Ctrl-C raises, saying that what arrived is
-    stored."""
+    stored. A stage whose first requests all fail stops the run (``FatalProviderError``)
+    instead of failing every document one by one."""
     from textbook_gen.engine import Engine
 
     engine = Engine(make_providers(spec), store, spec.engine, spec_price(spec), ledger=ledger,
-                    stage=stage)
+                    stage=stage, give_up_after=SIDE_STAGE_GIVE_UP,
+                    on_notice=progress.message)
     stats = drive(engine, iter(items), len(items), progress, stage)
     if stats.stop_reason == "budget":
         raise ledger.exceeded(stats.done, stats.total)
@@ -459,7 +475,8 @@ def _check_run_dir(out_dir: Path) -> None:
 def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: bool,
                    retry_base_delay: float, rate_window: float, poll_interval: float,
                    on_alarm: Callable[[Alarm], None] | None = None,
-                   stage: str = "generate", limit_share: int = 1) -> Generator:
+                   stage: str = "generate", limit_share: int = 1,
+                   on_notice: Callable[[str], None] | None = None) -> Generator:
     """The generator of one step; ``limit_share``: how many engines (Ray workers) send on the
     account, each taking its part of the rate limits the server reports."""
     if batch:
@@ -472,7 +489,7 @@ def make_generator(spec: Curriculum, store: RunStore, ledger: Ledger, *, batch: 
     watch = Watch(spec.watch) if spec.watch.enabled and stage == "generate" else None
     return Engine(make_providers(spec), store, spec.engine, spec_price(spec), ledger=ledger,
                   retry_base_delay=retry_base_delay, rate_window=rate_window, watch=watch,
-                  on_alarm=on_alarm, stage=stage, limit_share=limit_share)
+                  on_alarm=on_alarm, stage=stage, limit_share=limit_share, on_notice=on_notice)
 
 
 def run_curriculum(
@@ -505,18 +522,21 @@ def run_curriculum(
     _check_paid_stages(spec, batch)
     _check_run_dir(out_dir)
     renderer = PromptRenderer(spec, seeds=open_seeds(spec, out_dir, progress))
-    ledger = Ledger(spec.engine.max_cost_usd, spec.engine.max_total_tokens)
     with RunStore(out_dir / "run.sqlite", exclusive=True) as store:
         if store.replayed:
             progress.message(f"loaded {store.replayed} paid answer(s) an earlier run had saved"
                              " beside the store")
+        ledger = run_ledger(spec, store)
         alarms: list[Alarm] = []
+
+        def notice(message: str) -> None:
+            progress.message(message)
+            with open(out_dir / "run.log", "a", encoding="utf-8") as log:
+                log.write(f"{dt.datetime.now(dt.UTC).isoformat()} {message}\n")
 
         def on_alarm(alarm: Alarm) -> None:
             alarms.append(alarm)
-            progress.message(alarm.message())
-            with open(out_dir / "run.log", "a", encoding="utf-8") as log:
-                log.write(f"{dt.datetime.now(dt.UTC).isoformat()} {alarm.message()}\n")
+            notice(alarm.message())
 
         cluster: list[Any] = []  # the Ray actors, started by the first step that sends
 
@@ -532,7 +552,7 @@ def run_curriculum(
             generator = make_generator(spec, store, ledger, batch=batch,
                                        retry_base_delay=retry_base_delay,
                                        rate_window=rate_window, poll_interval=poll_interval,
-                                       on_alarm=on_alarm, stage=stage)
+                                       on_alarm=on_alarm, stage=stage, on_notice=notice)
             return drive(generator, items, count, progress, label)
 
         loop = Loop(spec, renderer, store, limit)
@@ -540,6 +560,12 @@ def run_curriculum(
         try:
             return _rounds(spec, store, out_dir, renderer, loop, run_id, ledger, progress,
                            alarms, generate, workers)
+        except BaseException as e:
+            # a run that ended on an error says so (one the rounds did not record already)
+            with contextlib.suppress(Exception):
+                store.finish_run(run_id, f"error: {type(e).__name__}", sent=0, cached=0,
+                                 failed=0, cost_usd=ledger.run_usd, only_running=True)
+            raise
         finally:
             if cluster:
                 cluster[0].close()
@@ -570,7 +596,7 @@ def _rounds(spec: Curriculum, store: RunStore, out_dir: Path, renderer: PromptRe
                 break
         if stop is not None and stop != "budget":
             store.finish_run(run_id, stop, sent=total.sent, cached=total.cached,
-                             failed=total.failed, cost_usd=ledger.spent_usd)
+                             failed=total.failed, cost_usd=ledger.run_usd)
             _raise_stopped(stop, alarms, out_dir, store, total)
         if stop == "budget":
             break
@@ -592,9 +618,9 @@ def _rounds(spec: Curriculum, store: RunStore, out_dir: Path, renderer: PromptRe
                               progress=progress, loop=loop.curation(), pay=False,
                               renderer=renderer, workers=workers)
     build, result = final
-    failed = loop.job_failures()
+    failed = loop.job_failures() + result.failed
     store.finish_run(run_id, stop or "complete", sent=total.sent, cached=total.cached,
-                     failed=total.failed, cost_usd=ledger.spent_usd)
+                     failed=total.failed, cost_usd=ledger.run_usd)
     manifest = commit_outputs(spec, renderer, store, build, result, jobs=total.total,
                               failed=len(failed), ledger=ledger,
                               coverage=loop.coverage(result, stop))

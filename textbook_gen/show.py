@@ -70,7 +70,8 @@ def render(console: Any, r: Record) -> None:
     p = r.get("provenance") or {}
     if p:
         made = f"{p.get('provider', '')}/{p.get('model', '')}, seed {p.get('seed')}, " \
-               f"{p.get('finish_reason', '')}, ${p.get('cost_usd', 0)}"
+               f"{p.get('finish_reason', '')}, " + (
+                   f"${p['cost_usd']}" if p.get("cost_usd") is not None else "cost unknown")
         meta.add_row("made by", made)
         meta.add_row("template", f"{p.get('template', '')} ({str(p.get('template_sha256', ''))[:12]})")
     why = r.get("rejected")

@@ -31,7 +31,8 @@ __all__ = ["MIGRATIONS", "RunStore", "StoredResponse", "explain_sqlite"]
 PARTITION_GLOB = "run-part-*.sqlite"  # a Ray worker's own store, beside run.sqlite
 _ALL_RESPONSE_COLUMNS = ("key", "status", "text", "finish_reason", "input_tokens",
                          "output_tokens", "cost_usd", "provider", "model", "response_id",
-                         "latency_s", "attempts", "error_kind", "error", "batch_id", "created_at")
+                         "latency_s", "attempts", "error_kind", "error", "batch_id", "created_at",
+                         "cost_known")
 
 Op = tuple[str, tuple[Any, ...]]
 Queued = tuple[list[Op], "concurrent.futures.Future[None]"]  # one future for a job's writes
@@ -55,6 +56,13 @@ class StoredResponse:
     error: str | None
     batch_id: str | None
     created_at: float
+    cost_known: int = 1  # 0: the model had no price; cost_usd is then not a cost
+
+    @property
+    def cost(self) -> float | None:
+        """What the request cost (billed failures before its answer included); None if
+        unknown."""
+        return self.cost_usd if self.cost_known else None
 
 
 _RESPONSE_COLUMNS = ", ".join(StoredResponse.__dataclass_fields__)
@@ -406,28 +414,33 @@ class RunStore:
         return Request.from_canonical(json.loads(row[0])) if row else None
 
     def put_response(
-        self, req: Request, resp: Response, *, cost_usd: float, attempts: int,
+        self, req: Request, resp: Response, *, cost_usd: float | None, attempts: int,
         batch_id: str | None = None, job_id: str | None = None,
     ) -> concurrent.futures.Future[None]:
-        """Store an answer (and link ``job_id`` to it): one future for all of it."""
+        """Store an answer (and link ``job_id`` to it): one future for all of it.
+        ``cost_usd``: what the request cost (None: unknown, the model has no price)."""
         now = time.time()
         ops: list[Op] = [
             _request_op(req, now),
             ("response", (req.key, resp.text, resp.finish_reason, resp.input_tokens,
-                          resp.output_tokens, cost_usd, req.provider, resp.model,
-                          resp.response_id, resp.latency_s, attempts, batch_id, now)),
+                          resp.output_tokens, cost_usd or 0.0, req.provider, resp.model,
+                          resp.response_id, resp.latency_s, attempts, batch_id, now,
+                          int(cost_usd is not None))),
         ]
         if job_id is not None:
             ops.append(("link", (job_id, req.key, now)))
         return self._enqueue_all(ops)
 
     def put_failure(self, req: Request, *, kind: str, error: str, attempts: int,
-                    job_id: str | None = None) -> concurrent.futures.Future[None]:
-        """Record that a request ended without a usable answer; a later run tries it again."""
+                    job_id: str | None = None, cost_usd: float | None = 0.0,
+                    usage: tuple[int, int] = (0, 0)) -> concurrent.futures.Future[None]:
+        """Record that a request ended without a usable answer, with what the provider
+        billed for it (``cost_usd`` None: unknown); a later run tries it again."""
         now = time.time()
         ops: list[Op] = [
             _request_op(req, now),
-            ("failure", (req.key, req.provider, attempts, kind, error[:2000], now)),
+            ("failure", (req.key, req.provider, attempts, kind, error[:2000], now, usage[0],
+                         usage[1], cost_usd or 0.0, int(cost_usd is not None))),
         ]
         if job_id is not None:
             ops.append(("link", (job_id, req.key, now)))
@@ -480,13 +493,15 @@ class RunStore:
         return int(row[0])
 
     def totals(self) -> dict[str, Any]:
+        """Answers, failures, and what every request stored here was billed (failures
+        included): the tokens, and the cost (None when a model without a price was billed)."""
         row = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
-            " COALESCE(SUM(cost_usd),0) FROM responses WHERE status = 'ok'"
+            "SELECT COALESCE(SUM(status = 'ok'),0), COALESCE(SUM(status = 'failed'),0),"
+            " COALESCE(SUM(input_tokens),0), COALESCE(SUM(output_tokens),0),"
+            " COALESCE(SUM(cost_usd),0), COALESCE(MIN(cost_known),1) FROM responses"
         ).fetchone()
-        failed = self.db.execute("SELECT COUNT(*) FROM responses WHERE status='failed'").fetchone()
-        return {"responses": row[0], "input_tokens": row[1], "output_tokens": row[2],
-                "cost_usd": round(row[3], 6), "failed": failed[0]}
+        return {"responses": row[0], "input_tokens": row[2], "output_tokens": row[3],
+                "cost_usd": round(row[4], 6) if row[5] else None, "failed": row[1]}
 
     # -- runs
     def start_run(self) -> int:
@@ -496,7 +511,12 @@ class RunStore:
         return run_id
 
     def finish_run(self, run_id: int, status: str, *, sent: int, cached: int, failed: int,
-                   cost_usd: float) -> None:
+                   cost_usd: float, only_running: bool = False) -> None:
+        """Record how a run ended; ``only_running``: unless it was recorded already."""
+        if only_running:
+            row = self.db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None and row[0] != "running":
+                return
         self._enqueue("run_finish", (time.time(), status, sent, cached, failed, cost_usd, run_id))
         self.commit()
 

@@ -76,23 +76,48 @@ MIGRATIONS: list[tuple[str, str]] = [
             CASE WHEN EXISTS (SELECT 1 FROM jobs) THEN 'positions' ELSE 'names' END;
         """,
     ),
+    (
+        # A model with no price has an unknown cost, never $0: cost_usd then holds 0 and
+        # cost_known 0. A failed request keeps what the provider billed for it.
+        "004_cost_known",
+        """
+        ALTER TABLE responses ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1;
+        """,
+    ),
 ]
 
 # Every write the store makes, by name: the rescue file holds (name, args) pairs, never SQL.
 WRITES: dict[str, str] = {
     "request": "INSERT OR IGNORE INTO requests (key, body, created_at) VALUES (?, ?, ?)",
+    # an answer replaces a failure of the same request, keeping what the failures were billed
     "response": (
-        "INSERT OR REPLACE INTO responses (key, status, text, finish_reason, input_tokens,"
+        "INSERT INTO responses (key, status, text, finish_reason, input_tokens,"
         " output_tokens, cost_usd, provider, model, response_id, latency_s, attempts,"
-        " error_kind, error, batch_id, created_at)"
-        " VALUES (?, 'ok', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?)"
+        " error_kind, error, batch_id, created_at, cost_known)"
+        " VALUES (?, 'ok', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?)"
+        " ON CONFLICT(key) DO UPDATE SET status='ok', text=excluded.text,"
+        " finish_reason=excluded.finish_reason, input_tokens=excluded.input_tokens,"
+        " output_tokens=excluded.output_tokens,"
+        " cost_usd=excluded.cost_usd + CASE WHEN responses.status = 'failed'"
+        " THEN responses.cost_usd ELSE 0 END,"
+        " cost_known=excluded.cost_known AND (responses.status != 'failed'"
+        " OR responses.cost_known),"
+        " provider=excluded.provider, model=excluded.model, response_id=excluded.response_id,"
+        " latency_s=excluded.latency_s, attempts=excluded.attempts, error_kind=NULL,"
+        " error=NULL, batch_id=excluded.batch_id, created_at=excluded.created_at"
     ),
-    # a failure never replaces a stored answer
+    # a failure never replaces a stored answer; what it was billed adds to the earlier ones'
     "failure": (
-        "INSERT INTO responses (key, status, provider, attempts, error_kind, error, created_at)"
-        " VALUES (?, 'failed', ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
+        "INSERT INTO responses (key, status, provider, attempts, error_kind, error, created_at,"
+        " input_tokens, output_tokens, cost_usd, cost_known)"
+        " VALUES (?, 'failed', ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET"
         " attempts=excluded.attempts, error_kind=excluded.error_kind, error=excluded.error,"
-        " created_at=excluded.created_at WHERE responses.status = 'failed'"
+        " created_at=excluded.created_at,"
+        " input_tokens=responses.input_tokens + excluded.input_tokens,"
+        " output_tokens=responses.output_tokens + excluded.output_tokens,"
+        " cost_usd=responses.cost_usd + excluded.cost_usd,"
+        " cost_known=responses.cost_known AND excluded.cost_known"
+        " WHERE responses.status = 'failed'"
     ),
     "link": (
         "INSERT INTO jobs (job_id, request_key, updated_at) VALUES (?, ?, ?)"

@@ -10,6 +10,7 @@ charges the usage each response reports.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -51,8 +52,19 @@ FREE = ModelPrice(0.0, 0.0)
 BATCH_DISCOUNT = 0.5
 
 
+_VERSION_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|latest)")
+
+
+def is_version_of(name: str, base: str) -> bool:
+    """``name`` is a dated snapshot or the ``-latest`` alias of ``base``
+    (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``, ``claude-3-5-haiku-latest``)."""
+    return name.startswith(base) and _VERSION_SUFFIX.fullmatch(name[len(base):]) is not None
+
+
 def price_for(provider: str, model: str, overrides: dict[str, Any] | None = None) -> ModelPrice | None:
-    """The price of ``model``: spec override, exact name, or longest known prefix (dated names).
+    """The price of ``model``: spec override, exact name, or the known model it is a dated
+    snapshot (or ``-latest``) of. Another name that merely starts like a known one
+    (``gpt-5-pro``, ``o4-mini-deep-research``) is another model, with another price.
 
     Local models cost nothing. Unknown API models return None: cost is then reported as
     unknown rather than guessed, and a ``--max-cost`` run refuses to start.
@@ -64,7 +76,7 @@ def price_for(provider: str, model: str, overrides: dict[str, Any] | None = None
         return FREE
     if model in PRICES:
         return PRICES[model]
-    matches = [k for k in PRICES if model.startswith(k)]
+    matches = [k for k in PRICES if is_version_of(model, k)]
     return PRICES[max(matches, key=len)] if matches else None
 
 

@@ -73,7 +73,8 @@ class JudgeScore:
 
     score: float | None
     critique: str = ""
-    missing: str | None = None
+    missing: str | None = None  # "budget" (not paid for) | "failed" (the judge's call failed)
+    error: str = ""  # missing == "failed": the kind and the provider's reason
 
 
 # Models measured unable to judge with the bundled rubric (see the closing note of issue 12):
@@ -130,9 +131,13 @@ def make_judge(spec: Curriculum, store: RunStore, progress: Progress, ledger: Le
         scores: dict[str, JudgeScore] = {}
         for r, item in zip(records, items, strict=True):
             stored = store.get_response(item.request.key)
-            if stored is None or stored.status != "ok":
-                why = "budget" if not pay and stored is None else "failed"
-                scores[r["id"]] = JudgeScore(None, "", why)
+            if stored is None:
+                # not paid for: the budget ran out (pay false), or the run was stopped
+                scores[r["id"]] = JudgeScore(None, "", "budget")
+                continue
+            if stored.status != "ok":
+                scores[r["id"]] = JudgeScore(None, "", "failed",
+                                             f"{stored.error_kind}: {stored.error}")
                 continue
             text = stored.text or ""
             score = parse_judge_score(text)

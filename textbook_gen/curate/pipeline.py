@@ -111,6 +111,8 @@ class CurationResult:
     cells: dict[str, int] = field(default_factory=dict)  # loop: survivors per cell, pre-quota
     low: dict[str, Best] = field(default_factory=dict)  # loop: sample -> best, under revise.below
     phases: dict[str, float] = field(default_factory=dict)  # Ray: seconds each step took
+    # curation's own jobs that failed (the judge's calls): (job id, kind, reason)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
 
     def to_manifest(self) -> dict[str, Any]:
         out = {"stages": {k: v.to_dict() for k, v in self.counts.items()},
@@ -146,6 +148,7 @@ class _Curation:
         self.loop = loop
         self.cells: dict[str, int] = {}  # loop: survivors per cell after dedup
         self.low: dict[str, Best] = {}
+        self.failed: list[tuple[str, str, str]] = []  # (job id, kind, reason): judge calls
         self.cell_texts: tuple[str, list[frozenset[str]]] = ("", [])  # chosen in this cell
         # without a build (a Ray worker's share of a corpus), records are held for the caller
         self.rejects: Any = build.writer("rejects", "rejects", fmt, per_shard) if build else Held()
@@ -300,6 +303,10 @@ class _Curation:
             if score is None and verdict.missing == "budget":
                 self._reject(r, "judge", "judge_unpaid", "the budget ran out before the judge"
                              " read it; run again with a higher --max-cost to judge it")
+            elif score is None and verdict.missing == "failed":
+                # the judge's job failed: a failed job of the run (exit 5), retried by a rerun
+                self.failed.append((f"judge:{r.get('id', '')}", "judge_failed", verdict.error))
+                self._reject(r, "judge", "judge_failed", verdict.error)
             elif score is None:
                 self._reject(r, "judge", "judge_unscored", "the judge's answer had no score")
             elif score < self.s.judge.min_score:
@@ -486,7 +493,7 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
     sandbox = (sandbox_layers(settings.verify)
                if c.counts["verify"].seen and settings.verify_code else [])
     return CurationResult(c.kept.close(), c.rejects.close(), c.counts, c.decontam.report(),
-                          sandbox, c.cells, c.low)
+                          sandbox, c.cells, c.low, failed=c.failed)
 
 
 def _with_ids(paths: list[Source]) -> Iterator[Record]:

@@ -37,6 +37,10 @@ class HTTPProvider(Provider):
     def check_key(cls, settings: ModelSettings) -> None:
         api_key(settings, cls.key_env_var or "", optional=bool(settings.base_url))
 
+    @property
+    def endpoint(self) -> str | None:
+        return f"{str(self.client.base_url).rstrip('/')}/{self.path.lstrip('/')}"
+
     def request_body(self, req: Request) -> dict[str, Any]:
         raise NotImplementedError
 

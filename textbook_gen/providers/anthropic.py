@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from textbook_gen.errors import ProviderError
 from textbook_gen.providers._http import HTTPProvider
-from textbook_gen.providers.base import RateLimitInfo, Request, Response, parse_reset
+from textbook_gen.providers.base import (
+    RateLimitInfo,
+    Request,
+    Response,
+    empty_answer,
+    parse_reset,
+)
 
 _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
          "refusal": "refusal", "tool_use": "stop", "pause_turn": "stop"}
@@ -51,14 +56,19 @@ def parse_message(message: dict[str, Any], latency: float = 0.0,
     blocks = message.get("content") or []
     text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
     finish = _STOP.get(message.get("stop_reason") or "end_turn", "stop")
+    usage = message.get("usage") or {}
+    # cache reads and writes are input the account pays for too
+    billed = (int(usage.get("input_tokens") or 0)
+              + int(usage.get("cache_creation_input_tokens") or 0)
+              + int(usage.get("cache_read_input_tokens") or 0),
+              int(usage.get("output_tokens") or 0))
     if not text and finish != "refusal":
-        raise ProviderError("response has no text content", kind="empty")
-    usage = message.get("usage")
+        raise empty_answer(finish, billed)
     return Response(
         text=text,
         finish_reason=finish,
-        input_tokens=(usage.get("input_tokens") or 0) if usage else 0,
-        output_tokens=(usage.get("output_tokens") or 0) if usage else 0,
+        input_tokens=billed[0],
+        output_tokens=billed[1],
         model=message.get("model") or "",
         response_id=message.get("id"),
         latency_s=latency,

@@ -72,6 +72,15 @@ class Request:
         return content if role == "assistant" else None
 
 
+def same_model(asked: str, answered: str) -> bool:
+    """Whether a server that answered as ``answered`` ran the model that was asked for: the
+    same name, or a dated snapshot or ``-latest`` alias of it (``gpt-4o-mini`` answers as
+    ``gpt-4o-mini-2024-07-18``)."""
+    from textbook_gen.tokens import is_version_of
+
+    return answered == asked or is_version_of(answered, asked) or is_version_of(asked, answered)
+
+
 def with_answer_start(req: Request, resp: Response) -> Response:
     """The whole document: the template's answer start, then what the model wrote."""
     start = req.answer_start
@@ -150,6 +159,11 @@ class Provider:
         # set by the engine: called once per token as a provider that streams generates it
         self.on_token: Callable[[], None] | None = None
 
+    @property
+    def endpoint(self) -> str | None:
+        """The URL requests go to, for messages; None for a model in this process."""
+        return None
+
     async def complete(self, request: Request) -> Response:
         raise NotImplementedError
 
@@ -184,6 +198,19 @@ def parse_retry_after(headers: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def empty_answer(finish_reason: str, usage: tuple[int, int]) -> Exception:
+    """The error for an answer with no text, carrying the usage the provider billed for it.
+    Cut at max_tokens, it is a reasoning model that spent them all before writing."""
+    from textbook_gen.errors import ProviderError
+
+    if finish_reason == "length":
+        return ProviderError(
+            f"the answer is empty: the model used all {usage[1]} output tokens it was allowed"
+            " before writing any text (a reasoning model thinks first); raise max_tokens (for"
+            " the judge, curation.judge.max_tokens)", kind="empty", usage=usage)
+    return ProviderError("the answer has no text", kind="empty", usage=usage)
 
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})

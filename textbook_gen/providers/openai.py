@@ -6,7 +6,13 @@ from typing import Any
 
 from textbook_gen.errors import ProviderError
 from textbook_gen.providers._http import HTTPProvider
-from textbook_gen.providers.base import RateLimitInfo, Request, Response, parse_reset
+from textbook_gen.providers.base import (
+    RateLimitInfo,
+    Request,
+    Response,
+    empty_answer,
+    parse_reset,
+)
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "stop", "function_call": "stop"}
@@ -48,10 +54,13 @@ class OpenAIProvider(HTTPProvider):
 
 def parse_completion(completion: dict[str, Any], latency: float = 0.0,
                      limits: RateLimitInfo | None = None) -> Response:
-    """ChatCompletion (JSON body, also a Batch API output line's) -> Response."""
+    """ChatCompletion (JSON body, also a Batch API output line's) -> Response. An answer
+    without text raises ``ProviderError`` carrying the usage billed for it."""
+    usage = completion.get("usage") or {}
+    billed = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
     choices = completion.get("choices") or []
     if not choices:
-        raise ProviderError("response has no choices", kind="empty")
+        raise ProviderError("response has no choices", kind="empty", usage=billed)
     choice = choices[0]
     message = choice.get("message")
     refusal = message.get("refusal") if message is not None else None
@@ -60,13 +69,12 @@ def parse_completion(completion: dict[str, Any], latency: float = 0.0,
     if refusal:
         finish, text = "refusal", refusal
     if not text:
-        raise ProviderError("response has an empty message", kind="empty")
-    usage = completion.get("usage")
+        raise empty_answer(finish, billed)
     return Response(
         text=text,
         finish_reason=finish,
-        input_tokens=(usage.get("prompt_tokens") or 0) if usage else 0,
-        output_tokens=(usage.get("completion_tokens") or 0) if usage else 0,
+        input_tokens=billed[0],
+        output_tokens=billed[1],
         model=completion.get("model") or "",
         response_id=completion.get("id"),
         latency_s=latency,
