@@ -12,7 +12,8 @@ or chunked request bodies), so it takes thousands of requests a second.
 
 Faults apply to ``POST /v1/chat/completions`` and ``POST /v1/messages`` only: ``"429"`` (with
 ``retry-after: 1``) or any other status code as a string, ``"drop"``, ``"nonjson"``, ``"empty"``,
-``"truncate"``, ``"refusal"``, or a dict: ``{"status": 429, "headers": {...}}`` (headers replace
+``"truncate"``, ``"refusal"``, ``"empty_billed"`` (no text, cut at max_tokens with every output
+token billed: a reasoning model that spent them thinking), or a dict: ``{"status": 429, "headers": {...}}`` (headers replace
 the default retry-after), ``{"status": 500, "body": {...}}``, ``{"delay": 0.5}``, and
 ``{"kind": "truncate", "delay": 0.1}``. A fault is consumed by the next generation request that
 passes validation (400) and the rpm/tpm limiter (429); ``latency`` applies before faults too.
@@ -68,7 +69,7 @@ _BATCH_NULLS = ("errors", "output_file_id", "error_file_id", "in_progress_at", "
                 "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at",
                 "model", "usage")
 _CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-_FAULT_KINDS = {"drop", "nonjson", "empty", "truncate", "refusal"}
+_FAULT_KINDS = {"drop", "nonjson", "empty", "truncate", "refusal", "empty_billed"}
 
 
 @dataclass
@@ -190,8 +191,13 @@ class FakeAPI:
     def __init__(self, *, latency: float = 0.0, rpm: int | None = None, tpm: int | None = None,
                  responder: Callable[[dict], str] | None = None,
                  batch_complete_after: float = 0.0, port: int = 0, host: str = "127.0.0.1",
-                 hold: Callable[[dict], bool] | None = None):
+                 hold: Callable[[dict], bool] | None = None,
+                 input_tokens: Callable[[dict], int] | None = None,
+                 answer_model: str | None = None):
         self.latency, self.rpm, self.tpm = latency, rpm, tpm
+        # billing as another tokenizer counts: the input tokens reported for a request body
+        # (default: its words); ``answer_model``: the model named in answers (default: asked)
+        self.input_tokens, self.answer_model = input_tokens, answer_model
         # a generation request whose body ``hold`` is true for is answered once it is false
         # (asked every 10 ms; the other requests are served meanwhile)
         self.hold = hold
@@ -474,16 +480,20 @@ class FakeAPI:
     def _answer(self, body: dict, anthropic: bool, kind: str | None = None,
                 tier: str | None = None) -> dict:
         """A complete chat.completion / message object answering ``body``."""
-        model = body.get("model", "fake-model")
+        model = self.answer_model or body.get("model", "fake-model")
         full = self._text_for(body, anthropic)
         mt, stop = self._max_tokens(body), "stop"
         if mt is not None and len(full.split()) > mt:
             full, stop = _cut_words(full, mt), "length"
         if kind == "truncate":
             full, stop = _cut_words(full, max(1, len(full.split()) // 2)), "length"
-        text = None if kind in ("refusal", "empty") else full
+        text = None if kind in ("refusal", "empty", "empty_billed") else full
         stop = kind if text is None and kind else stop
         n_in, n_out = self._input_words(body, anthropic), len((text or "").split())
+        if self.input_tokens is not None:
+            n_in = self.input_tokens(body)
+        if kind == "empty_billed":
+            text, stop, n_out = "", "length", mt or 0
         if anthropic:
             reason = {"stop": "end_turn", "length": "max_tokens", "refusal": "refusal",
                       "empty": "end_turn"}[stop]
@@ -495,7 +505,7 @@ class FakeAPI:
                               "service_tier": tier or "standard"}}
         msg: dict[str, Any] = {"role": "assistant", "content": text, "annotations": [],
                "refusal": REFUSAL if stop == "refusal" else None}
-        choice = {"index": 0, "message": msg, "logprobs": None,
+        choice = {"index": 0, "message": msg, "logprobs": None,  # (empty_billed: content "")
                   "finish_reason": "length" if stop == "length" else "stop"}
         return {"id": self._rid("chatcmpl-"), "object": "chat.completion",
                 "created": int(time.time()), "model": model,

@@ -268,6 +268,7 @@ class BatchRunner:
             if n < MAX_SUBMISSIONS:
                 again.append(req)
                 continue
+            self._release(req.key)  # failed for good: nothing more will be billed for it
             self.store.put_failure(req, kind="batch_expired",
                                    error=f"not processed by {n} batches in a row (expired or"
                                    " cancelled); run again to submit it once more", attempts=n)
@@ -316,7 +317,8 @@ class BatchRunner:
         if req.key in self._holds:
             return True
         hold = self.ledger.reserve(self.stage, self.price, estimate_input_tokens(req.messages),
-                                   int(req.param.get("max_tokens", 0)), discount=BATCH_DISCOUNT)
+                                   int(req.param.get("max_tokens", 0)), discount=BATCH_DISCOUNT,
+                                   model=req.model)
         if hold is None:
             self.stats.stop_reason = self.stats.stop_reason or "budget"
             return False
@@ -357,19 +359,21 @@ class BatchRunner:
                 continue
             seen.add(custom_id)
             if isinstance(outcome, ProviderError):
-                self._release(custom_id)
-                self.store.put_failure(req, kind=outcome.kind, error=str(outcome), attempts=1)
+                # an answer billed but unusable (empty) is charged what it was billed
+                cost = self._charge(custom_id, outcome.usage) if outcome.usage else None
+                if cost is None:
+                    self._release(custom_id)
+                self.store.put_failure(req, kind=outcome.kind, error=str(outcome), attempts=1,
+                                       cost_usd=cost if self.price is not None else None,
+                                       usage=outcome.usage or (0, 0))
+                self.stats.cost_usd += cost or 0.0
                 self.stats.failed += 1
             else:
                 outcome = with_answer_start(req, outcome)
-                hold = self._holds.pop(custom_id, None)
-                if hold is not None:
-                    cost = self.ledger.settle(hold, outcome.input_tokens, outcome.output_tokens)
-                else:  # submitted by an earlier run
-                    cost = self.ledger.account(self.stage, self.price, outcome.input_tokens,
-                                               outcome.output_tokens, discount=BATCH_DISCOUNT)
-                self.store.put_response(req, outcome, cost_usd=cost, attempts=1,
-                                        batch_id=b["id"])
+                cost = self._charge(custom_id, (outcome.input_tokens, outcome.output_tokens))
+                self.store.put_response(req, outcome,
+                                        cost_usd=cost if self.price is not None else None,
+                                        attempts=1, batch_id=b["id"])
                 self.stats.succeeded += 1
                 self.stats.input_tokens += outcome.input_tokens
                 self.stats.output_tokens += outcome.output_tokens
@@ -385,6 +389,14 @@ class BatchRunner:
             if req is not None:
                 missing.append(req)
         return missing
+
+    def _charge(self, key: str, usage: tuple[int, int]) -> float:
+        """Settle what the provider billed for a request against its hold (or, submitted by
+        an earlier run, with none); return the cost."""
+        hold = self._holds.pop(key, None)
+        if hold is not None:
+            return self.ledger.settle(hold, *usage)
+        return self.ledger.account(self.stage, self.price, *usage, discount=BATCH_DISCOUNT)
 
     def _release(self, key: str) -> None:
         """A request that will not be answered: lift its hold in the ledger."""
