@@ -38,6 +38,7 @@ from textbook_gen.shards import (
     is_url,
     iter_records,
     source_name,
+    writing,
 )
 from textbook_gen.tokens import count_tokens
 
@@ -478,7 +479,7 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
                   workers)
     spool_path = build.temp_path("curate-spool.jsonl.zst")
     try:
-        with open(spool_path, "wb") as spool:
+        with writing(spool_path), open(spool_path, "wb") as spool:
             total = c.first_pass(records, spool)
         dropped, sizes = c.find_duplicates(spool_path)
         c.second_pass(spool_path, total, dropped, sizes)
