@@ -469,11 +469,10 @@ def _recover(out: Path) -> None:
                 continue
             work = left.get(("export", pid))
             if work is not None and (work / "export.json").is_file():
-                work.rename(out)  # complete the swap
+                work.rename(out)  # complete the swap (the old one is removed below)
                 del left[("export", pid)]
             else:
-                left[(what, pid)].rename(out)  # restore the export it replaced
-            del left[(what, pid)]
+                left.pop((what, pid)).rename(out)  # restore the export it replaced
             break
     for p in left.values():
         shutil.rmtree(p, ignore_errors=True)
