@@ -144,9 +144,14 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(where)], check=True)
 
 
-def test_a_full_disk_names_the_shard_it_could_not_write(tmp_path, full_disk):
+@pytest.mark.parametrize("fills", ["spool", "shard"])
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, full_disk, fills):
+    """Random text fills the disk with curate's (compressed) spool; repetitive text only with
+    the (uncompressed) jsonl shard."""
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": str(i), "text": os.urandom(300).hex()}) + "\n"
+    text = (lambda i: os.urandom(300).hex()) if fills == "spool" else (
+        lambda i: f"{i} " + "abcdefgh " * 60)
+    source.write_text("".join(json.dumps({"id": str(i), "text": text(i)}) + "\n"
                               for i in range(200)))
     config = tmp_path / "curation.yaml"
     config.write_text("enabled: false\n")  # keep every record: the shards outgrow the disk
@@ -156,5 +161,6 @@ def test_a_full_disk_names_the_shard_it_could_not_write(tmp_path, full_disk):
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     said = " ".join(p.stderr.split())  # rich wraps long lines
     assert "No space left on device" in said
-    assert f"{out}/shards/part-" in said or f"{out}/.build-" in said, said  # the file, named
+    named = f"{out}/.build-" if fills == "spool" else f"{out}/shards/part-"
+    assert f"error: {named}" in said, said  # the file, named
     assert not (out / "manifest.json").exists()
