@@ -233,3 +233,17 @@ def test_curate_with_a_curriculum_says_its_judge_is_not_run(tmp_path):
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["settings"]["judge"]["enabled"] is False  # what ran, not what was asked
     assert manifest["curation"]["kept"] == 3
+
+
+def test_repeated_input_ids_stay_unique_with_an_input_id_that_looks_like_a_suffix(tmp_path):
+    """Ids a, a, a#2: the second a cannot take a#2 and keep the third's a#2 unique too; the
+    rule (pipeline.UniqueIds) is the one Ray's driver runs (tests/test_ray.py compares them)."""
+    from textbook_gen.curate.pipeline import curate_corpus
+
+    source = tmp_path / "in.jsonl"
+    ids = ["a", "a", "a#2", "b", "a", "a#2#2", "b#2", "b"]
+    source.write_text("".join(json.dumps({"id": i, "text": f"document {n} " * 20}) + "\n"
+                              for n, i in enumerate(ids)))
+    curate_corpus([source], tmp_path / "out", CurationSettings(enabled=False), workers=1)
+    got = [r["id"] for r in read_kept(tmp_path / "out")]
+    assert got == ["a", "a#2", "a#2#2", "b", "a#3", "a#2#2#2", "b#2", "b#3"]

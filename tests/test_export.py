@@ -26,6 +26,7 @@ import pytest
 tokenizers = pytest.importorskip("tokenizers", reason="export tests need the tokenizers package"
                                  " (pip install -e '.[test]')")
 
+from textbook_gen.errors import ConfigError  # noqa: E402
 from textbook_gen.export import Selection, export, load_tokenizer  # noqa: E402
 from textbook_gen.shards import Build  # noqa: E402
 
@@ -222,3 +223,84 @@ def test_a_corrupt_or_foreign_tokenizer_is_one_message(run, tmp_path, content, m
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _hidden(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+def test_a_killed_export_is_cleaned_up_by_the_next(tmp_path):
+    """SIGKILL while the export is built aside: the next export removes the dead one's hidden
+    folder and succeeds."""
+    import os
+    import signal
+    import time
+
+    run = _make_run(tmp_path / "big", 40_000)
+    out = tmp_path / "ds"
+    proc = subprocess.Popen([sys.executable, "-m", "textbook_gen", "export", str(run), "--out",
+                             str(out), "--format", "hf"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        while proc.poll() is None and not any(".export-" in n for n in _hidden(out)):
+            time.sleep(0.005)  # polling for the folder, not a timing assertion
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    assert any(".export-" in n for n in _hidden(out))  # what the kill left
+    result = export([run], out, fmt="hf")
+    assert result.manifest["splits"]["train"]["documents"] == 40_000
+    assert _hidden(out) == []
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_kill_between_the_renames_of_force_is_finished_by_the_next_export(run, tmp_path,
+                                                                            whole):
+    """Killed after ``--out`` became the hidden old folder and before the new export took its
+    place: the next export puts the new one in place if it was whole, else the old one back."""
+    out = tmp_path / "ds"
+    export([run], out, fmt="hf")
+    old_manifest = (out / "export.json").read_text()
+    out.rename(tmp_path / ".ds.old-4194304")  # a pid no process has
+    work = tmp_path / ".ds.export-4194304"
+    export([run], work, fmt="hf", selection=Selection(validation=0.5))
+    if not whole:
+        (work / "export.json").unlink()  # killed before the new export was complete
+    new_manifest = (work / "export.json").read_text() if whole else None
+    with pytest.raises(ConfigError, match="holds an export"):  # no --force: it stops there
+        export([run], out, fmt="hf")
+    assert (out / "export.json").read_text() == (new_manifest if whole else old_manifest)
+    assert _hidden(out) == []
+    export([run], out, fmt="hf", force=True)
+    assert _hidden(out) == []
+
+
+def test_force_never_replaces_a_folder_that_is_not_an_export(run, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigError, match="not an export"):
+        export([run], out, fmt="hf", force=True)
+    assert (out / "thesis.tex").read_text() == "mine"
+
+
+def test_a_full_disk_names_the_export_file(run, tmp_path):
+    import os
+
+    where = tmp_path / "small"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                                            str(where)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        big = _make_run(tmp_path / "big", 3000)
+        proc = subprocess.run([sys.executable, "-m", "textbook_gen", "export", str(big),
+                               "--out", str(where / "ds"), "--format", "hf"],
+                              capture_output=True, text=True, timeout=120)
+        said = " ".join(proc.stderr.split())
+        assert proc.returncode == 1 and "Traceback" not in said, said
+        assert "No space left on device" in said and f"{where}/.ds.export-" in said, said
+        assert list(where.iterdir()) == []  # the half-built export is removed
+    finally:
+        subprocess.run(["umount", str(where)], check=True)

@@ -71,6 +71,8 @@ def _files(tmp_path: Path, verify: bool) -> tuple[list[Path], Path]:
             elif i % 11:
                 rec["id"] = f"f{k}-{i}"
             lines.append(json.dumps(rec))  # else no id: file.jsonl:N
+            if k == 1 and i == 0:  # an input id like a suffix the rule gives a repeated id
+                lines.append(json.dumps({"id": "shared0#2", "text": _doc(rng, 150)}))
         path = tmp_path / f"part-{k}.jsonl"
         path.write_text("\n".join(lines) + "\n")
         files.append(path)
@@ -91,6 +93,9 @@ def _check_same(tmp_path: Path, settings: CurationSettings, files: list[Path]) -
     curate_corpus(files, tmp_path / "ray", settings, ray="local", workers=2, quiet=True)
     kept1, rejects1, cur1 = _outcome(tmp_path / "one")
     kept2, rejects2, cur2 = _outcome(tmp_path / "ray")
+    for out in ("one", "ray"):  # every document has its own id
+        ids = [r["id"] for r in [*read_kept(tmp_path / out), *read_rejects(tmp_path / out)]]
+        assert len(ids) == len(set(ids))
     assert set(kept1) == set(kept2)
     for rid, rec in kept1.items():  # the same text (after verification) and quality fields
         assert kept2[rid]["text"] == rec["text"] and kept2[rid]["quality"] == rec["quality"]
@@ -108,6 +113,7 @@ def test_ray_keeps_exactly_what_one_process_keeps(tmp_path, cluster):
             "contaminated"} <= reasons
     ids = {r["id"] for r in read_kept(tmp_path / "ray")}
     assert "shared0#2" in ids and any(i.startswith("part-1.jsonl:") for i in ids)
+    assert "shared0#2#2" in ids  # the input's own shared0#2, after the rule gave that name
     kept = read_kept(tmp_path / "ray")
     assert any(r["quality"]["dup_cluster"] for r in kept)
 

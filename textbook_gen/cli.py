@@ -221,7 +221,7 @@ def export_(
     weights: Annotated[str | None, typer.Option(metavar="W1,W2,...", help="Mixing weights, one"
                                                 " per run: each run's share of the documents.")]
         = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it holds an export.")] = False,
 ) -> None:
     """Write a corpus as a training job reads it: tokenized shards (datatrove, megatron, llmc,
     npy) or a Hugging Face datasets folder with a dataset card. Streams; memory does not grow

@@ -29,10 +29,12 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 from array import array
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -42,7 +44,14 @@ import numpy as np
 
 from textbook_gen import __version__
 from textbook_gen.errors import ConfigError, InputError
-from textbook_gen.shards import sha256_file
+from textbook_gen.shards import (
+    Snapshot,
+    atomic_write_bytes,
+    reading,
+    sha256_file,
+    writing,
+)
+from textbook_gen.shards import iter_records as read_file
 
 FORMATS = ("datatrove", "megatron", "llmc", "npy", "hf")
 BATCH = 1000
@@ -165,26 +174,29 @@ def _unit(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
-def _sources(runs: list[Path], weights: list[float] | None,
+def _sources(builds: list[Any], weights: list[float] | None,
              sel: Selection) -> Iterator[dict[str, Any]]:
-    """Selected records of every run; with weights, each run's share of the documents is its
-    weight (a seeded sample of each run, no document repeated)."""
-    from textbook_gen.shards import iter_records
+    """Selected records of every run (a held build, ``shards.reading``, or a shard file);
+    with weights, each run's share of the documents is its weight (a seeded sample of each
+    run, no document repeated: two passes over the same build)."""
+
+    def iter_records(run: Any) -> Iterator[dict[str, Any]]:
+        return run.records() if isinstance(run, Snapshot) else read_file(run)
 
     if weights is None:
-        for run in runs:
+        for run in builds:
             for r in iter_records(run):
                 if sel.keeps(r):
                     yield r
         return
-    if len(weights) != len(runs) or any(w <= 0 for w in weights):
-        raise ConfigError(f"--weights: give one positive weight per run ({len(runs)})")
+    if len(weights) != len(builds) or any(w <= 0 for w in weights):
+        raise ConfigError(f"--weights: give one positive weight per run ({len(builds)})")
     keys = [np.array([_unit(f"{sel.seed}:mix:{r.get('id')}") for r in iter_records(run)
-                      if sel.keeps(r)]) for run in runs]
+                      if sel.keeps(r)]) for run in builds]
     total = sum(weights)
     shares = [w / total for w in weights]
     n = min(len(k) / s for k, s in zip(keys, shares, strict=True))  # the largest mix that fits
-    for run, k, share in zip(runs, keys, shares, strict=True):
+    for run, k, share in zip(builds, keys, shares, strict=True):
         take = int(n * share)
         cut = np.sort(k)[take - 1] if take else -1.0
         for r in iter_records(run):
@@ -213,7 +225,8 @@ class _Spool:
     def add(self, data: bytes) -> None:
         self.offsets.append(self.written)
         self.lengths.append(len(data) // self.itemsize)
-        self.f.write(data)
+        with writing(self.path):
+            self.f.write(data)
         self.written += len(data)
 
     def add_many(self, data: bytes, lengths: list[int]) -> None:
@@ -223,11 +236,13 @@ class _Spool:
             self.offsets.append(at)
             self.lengths.append(n)
             at += n * self.itemsize
-        self.f.write(data)
+        with writing(self.path):
+            self.f.write(data)
         self.written += len(data)
 
     def close(self) -> None:
-        self.f.close()
+        with writing(self.path):
+            self.f.close()
 
     def order(self, seed: int, shuffle: bool) -> np.ndarray:
         n = len(self.offsets)
@@ -268,20 +283,22 @@ def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: P
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         ds = folder / f"00000_{split}.ds"
-        with open(ds, "wb") as f:
+        with writing(ds), open(ds, "wb") as f:
             stream(f)
-        (folder / f"{ds.name}.index").write_bytes(np.cumsum(lengths).astype("<u8").tobytes())
-        (folder / f"{ds.name}.metadata").write_text(
-            f"{tok.name}|{dtype.itemsize}\n{total}\n{total:,} tokens")
+        with writing(folder / f"{ds.name}.index"):
+            (folder / f"{ds.name}.index").write_bytes(np.cumsum(lengths).astype("<u8").tobytes())
+        with writing(folder / f"{ds.name}.metadata"):
+            (folder / f"{ds.name}.metadata").write_text(
+                f"{tok.name}|{dtype.itemsize}\n{total}\n{total:,} tokens")
         files += [ds, folder / f"{ds.name}.index", folder / f"{ds.name}.metadata"]
     elif fmt == "megatron":
         prefix = out / f"{split}_text_document"
-        with open(prefix.with_suffix(".bin"), "wb") as f:
+        with writing(prefix.with_suffix(".bin")), open(prefix.with_suffix(".bin"), "wb") as f:
             stream(f)
         code = 8 if dtype == np.dtype("<u2") else 4
         pointers = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("<i8") * dtype.itemsize \
             if len(lengths) else np.zeros(0, "<i8")
-        with open(prefix.with_suffix(".idx"), "wb") as f:
+        with writing(prefix.with_suffix(".idx")), open(prefix.with_suffix(".idx"), "wb") as f:
             f.write(b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + struct.pack("<B", code))
             f.write(struct.pack("<Q", len(lengths)) + struct.pack("<Q", len(lengths) + 1))
             f.write(lengths.astype("<i4").tobytes() + pointers.astype("<i8").tobytes())
@@ -291,18 +308,19 @@ def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: P
         header = np.zeros(256, dtype="<i4")
         header[:3] = (20240520, 1, total) if dtype.itemsize == 2 else (20240801, 7, total)
         path = out / f"{split}_000000.bin"
-        with open(path, "wb") as f:
+        with writing(path), open(path, "wb") as f:
             stream(f, header.tobytes())
         files.append(path)
     elif fmt == "npy":
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "tokens.npy", "wb") as f:  # an .npy header, then the tokens
+        with writing(folder / "tokens.npy"), open(folder / "tokens.npy", "wb") as f:
             np.lib.format.write_array_header_1_0(
                 f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                     "shape": (total,)})
             stream(f)
-        np.save(folder / "doc_ends.npy", np.cumsum(lengths).astype(np.uint64))
+        with writing(folder / "doc_ends.npy"):
+            np.save(folder / "doc_ends.npy", np.cumsum(lengths).astype(np.uint64))
         files += [folder / "tokens.npy", folder / "doc_ends.npy"]
     os.close(fd)
     return files, total
@@ -326,7 +344,8 @@ def _write_hf(spool: _Spool, order: np.ndarray, split: str, out: Path,
                 f.seek(spool.offsets[i])
                 rows.append(json.loads(f.read(spool.lengths[i])))
             path = folder / f"{split}-{s:05d}-of-{shards:05d}.parquet"
-            pq.write_table(arrow_table(rows), path, compression="zstd")
+            with writing(path):
+                pq.write_table(arrow_table(rows), path, compression="zstd")
             files.append(path)
     return files
 
@@ -352,29 +371,115 @@ def export(runs: list[Path], out: Path, *, fmt: str, tokenizer: str | None = Non
         raise ConfigError(f"--format {fmt} needs --tokenizer (a tokenizer.json or"
                           " tiktoken:cl100k_base)")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out {out}: exists and is not empty; give a new folder, or --force"
-                          " to replace it")
-    tok = load_tokenizer(tokenizer, eos) if fmt != "hf" and tokenizer else None
-    work = out.parent / f".{out.name}.export-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    lock = _hold(out)
     try:
-        manifest = _build(runs, work, fmt, tok, add_eos, selection, shuffle, weights, progress)
-        (work / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            work.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            work.rename(out)
+        _recover(out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: exists and is not a folder; give a new folder")
+        if out.exists() and any(out.iterdir()):
+            if not (out / "export.json").is_file():  # the user's folder: never replaced
+                raise ConfigError(f"--out {out}: exists and holds files that are not an export"
+                                  " (no export.json); give a new folder")
+            if not force:
+                raise ConfigError(f"--out {out}: holds an export; give a new folder, or --force"
+                                  " to replace it")
+        tok = load_tokenizer(tokenizer, eos) if fmt != "hf" and tokenizer else None
+        work = _hidden(out, "export")
+        work.mkdir(parents=True)
+        try:
+            with ExitStack() as held:  # each run's build, held for every pass over it
+                builds = [held.enter_context(reading(Path(r))) if Path(r).is_dir() else r
+                          for r in runs]
+                manifest = _build(runs, builds, work, fmt, tok, add_eos, selection, shuffle,
+                                  weights, progress)
+            atomic_write_bytes(work / "export.json",
+                               (json.dumps(manifest, indent=2) + "\n").encode())
+            if out.exists():  # a kill between these renames: the next export finishes them
+                old = _hidden(out, "old")
+                out.rename(old)
+                work.rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                work.rename(out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _release(lock, out)
     return ExportResult(out, manifest)
 
 
-def _build(runs: list[Path], work: Path, fmt: str, tok: Tokenizer | None, add_eos: bool,
+_HIDDEN = re.compile(r"\.(?P<name>.+)\.(?P<what>export|old)-(?P<pid>\d+)")
+
+
+def _hidden(out: Path, what: str) -> Path:
+    """A folder of this export beside ``out``: ``export`` (being built) or ``old`` (the export
+    that ``--force`` replaces, between the two renames)."""
+    return out.parent / f".{out.name}.{what}-{os.getpid()}"
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.export.lock"
+
+
+def _hold(out: Path) -> int:
+    """Take the lock of exports to ``out`` (refused while another export holds it): while it
+    is held, every hidden folder of ``out`` is this export's or a dead one's."""
+    import fcntl
+
+    path = _lock_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create its folder ({e.strerror or e})") from None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"--out {out}: another export is writing it; wait for it to end,"
+                              " or give another folder") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a lock file the export before this one removed as we opened it
+            return fd
+        os.close(fd)
+
+
+def _release(fd: int, out: Path) -> None:
+    _lock_path(out).unlink(missing_ok=True)
+    os.close(fd)
+
+
+def _recover(out: Path) -> None:
+    """Finish after an export killed beside ``out`` (the lock is held: none is running). Killed
+    between the two renames of ``--force``, ``out`` is absent: the new export takes its place
+    if it was whole (its ``export.json`` is written, atomically, before the renames), else the
+    old one is put back. Whatever else a dead export left is removed."""
+    left: dict[tuple[str, int], Path] = {}
+    for p in out.parent.iterdir():
+        m = _HIDDEN.fullmatch(p.name)
+        if m and m["name"] == out.name and p.is_dir():
+            left[(m["what"], int(m["pid"]))] = p
+    if not out.exists():
+        for what, pid in sorted(left):
+            if what != "old":
+                continue
+            work = left.get(("export", pid))
+            if work is not None and (work / "export.json").is_file():
+                work.rename(out)  # complete the swap (the old one is removed below)
+                del left[("export", pid)]
+            else:
+                left.pop((what, pid)).rename(out)  # restore the export it replaced
+            break
+    for p in left.values():
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _build(runs: list[Path], builds: list[Any], work: Path, fmt: str, tok: Tokenizer | None,
+           add_eos: bool,
            sel: Selection, shuffle: bool, weights: list[float] | None,
            progress: Any) -> dict[str, Any]:
     from textbook_gen.shards import dumps
@@ -401,7 +506,7 @@ def _build(runs: list[Path], work: Path, fmt: str, tok: Tokenizer | None, add_eo
                 spools[name].add_many(flat.tobytes(), lengths)
         batch.clear()
 
-    for seen, r in enumerate(_sources(runs, weights, sel), 1):
+    for seen, r in enumerate(_sources(builds, weights, sel), 1):
         batch.append(r)
         if len(batch) >= BATCH:
             flush()
@@ -444,5 +549,6 @@ def _build(runs: list[Path], work: Path, fmt: str, tok: Tokenizer | None, add_eo
     if fmt == "hf":
         from textbook_gen.card import write_card
 
-        write_card(work, runs, manifest)
+        with writing(work / "README.md"):
+            write_card(work, runs, manifest)
     return manifest

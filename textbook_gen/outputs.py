@@ -31,7 +31,7 @@ def curate_stored(spec: Curriculum, store: RunStore, out_dir: Path,
                   ) -> tuple[Build, CurationResult]:
     """Curate ``records`` (rebuilt from the store) into a new build, not yet committed.
     ``pay`` false: the judge only reads scores already stored (the budget ran out)."""
-    build = Build(out_dir)
+    build = Build(out_dir, whole_folder=False)  # a run directory: the store lives there too
     fmt, per_shard = spec.output.format, spec.output.shard_max_records
     # benchmark files are relative to the spec; with enabled: false curate() keeps everything
     settings = spec.curation.resolve_paths(spec.source_path.parent)

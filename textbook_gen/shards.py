@@ -5,8 +5,17 @@ complete. Writers handle rotation and naming once; formats only differ in ``_enc
 
 A directory's outputs change as a whole: a ``Build`` writes new shards under names no earlier
 build used, beside the old ones; its manifest, written last with one atomic rename, is the
-switch; files no manifest lists are removed after. A kill at any moment leaves either the old
-corpus or the new one. Readers trust the manifest, never a listing of the folder.
+switch. A kill at any moment leaves either the old corpus or the new one. Readers trust the
+manifest, never a listing of the folder.
+
+What a build removes it can prove it wrote: files of ``shards/`` and ``rejects/`` with a build's
+own names (``OWN_NAME``) that the current manifest does not list. Anything else there is the
+user's and is never touched; a directory that holds such files and no manifest is refused.
+
+Readers see one build: ``reading`` takes a shared lock on the directory's ``LOCK`` file before
+it reads the manifest and holds it until the last record is read; a sweep takes the lock
+exclusively without waiting, and when a reader holds it the sweep leaves the old files for a
+later one.
 """
 
 from __future__ import annotations
@@ -18,10 +27,16 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, and a sweep may remove what a reader is reading
+    fcntl = None  # type: ignore[assignment]
 
 from textbook_gen.errors import InputError, TextbookGenError
 
@@ -43,15 +58,32 @@ def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Name ``path`` in an ``OSError`` raised while writing it: a write that fails (a full
+    disk) raises one without a file name, and the CLI's one line would name nothing."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk keeps no half file
+            raise
+        os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
@@ -277,15 +309,16 @@ def _why(e: BaseException) -> str:
 
 def iter_records(path: Source, subdir: str = "shards") -> Iterator[dict[str, Any]]:
     """Records from a shard file, a plain/zst JSONL or Parquet file, or a run directory (its
-    ``subdir``: "shards" or "rejects"); a URL (``is_url``) names one file, read through fsspec.
-    A file that is cut short, corrupt or not UTF-8 raises ``InputError`` naming it."""
+    ``subdir``: "shards" or "rejects", of one build: see ``reading``); a URL (``is_url``) names
+    one file, read through fsspec. A file that is cut short, corrupt or not UTF-8 raises
+    ``InputError`` naming it."""
     if is_url(path):
         yield from _iter_url(str(path))
         return
     path = Path(path)
     if path.is_dir():
-        for shard in shard_files(path, subdir):
-            yield from iter_records(shard)
+        with reading(path) as build:
+            yield from build.records(subdir)
         return
     if not path.exists():
         raise InputError(f"{path}: no such file or run directory")
@@ -420,39 +453,116 @@ def read_manifest(run_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def shard_files(run_dir: Path, subdir: str = "shards") -> list[Path]:
-    """The shards of a run directory as its manifest lists them, each checked to be whole."""
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    if manifest is None:
-        if (run_dir / "run.sqlite").exists():
-            why = ("its outputs were never completed (a run stopped before writing them);"
-                   " run the same `textbook-gen run` command again to rebuild them from the"
-                   " store: nothing stored is sent again")
-        else:
-            why = "is this a run or curate output directory?"
-        raise TextbookGenError(f"{run_dir}: no manifest.json, so its shards cannot be trusted: {why}")
-    files = []
-    for s in manifest["shards"]:
-        name = str(s.get("name", ""))
-        if not name.startswith(subdir + "/"):
+LOCK = ".textbook-gen.lock"  # readers share it; a sweep takes it alone (module docstring)
+# the names a build gives its shards (ShardWriter: "<prefix>-<build id>[-<file>]-<n>.<format>",
+# and ".<name>.tmp" while one is written) and its scratch files (Build.temp_path)
+OWN_NAME = re.compile(r"\.?(?:part|rejects)-(?P<build>[0-9a-f]{8})(?:-\d{5})+"
+                      r"\.(?:jsonl\.zst|jsonl|parquet)(?:\.tmp)?")
+TEMP_NAME = re.compile(r"\.build-(?P<build>[0-9a-f]{8})-.+")
+
+
+def _lock_fd(run_dir: Path, create: bool) -> int | None:
+    """An open descriptor of the directory's lock file; None where there is none to open."""
+    if fcntl is None:
+        return None
+    flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
+    for f in (flags, os.O_RDONLY):  # another user's directory: a read-only descriptor locks too
+        try:
+            return os.open(run_dir / LOCK, f | os.O_CLOEXEC, 0o644)
+        except OSError:
             continue
-        path = run_dir / name
-        size = path.stat().st_size if path.is_file() else None
-        if size != s.get("bytes"):
-            found = "is missing" if size is None else f"has {size} bytes, not {s.get('bytes')}"
-            raise TextbookGenError(f"{path}: listed in the manifest but {found}; rebuild the"
-                                   " outputs with the command that made them")
-        files.append(path)
-    return files
+    return None
+
+
+class Snapshot:
+    """One build of a directory, as a reader holds it (``reading``): its manifest, and the
+    files it lists, which stay until the reader lets go."""
+
+    def __init__(self, run_dir: Path, manifest: dict[str, Any]):
+        self.root = run_dir
+        self.manifest = manifest
+
+    def files(self, subdir: str = "shards") -> list[Path]:
+        """The build's shards of ``subdir``, each checked to be whole."""
+        files = []
+        for s in self.manifest["shards"]:
+            name = str(s.get("name", ""))
+            if not name.startswith(subdir + "/"):
+                continue
+            path = self.root / name
+            size = path.stat().st_size if path.is_file() else None
+            if size != s.get("bytes"):
+                found = "is missing" if size is None else f"has {size} bytes, not {s.get('bytes')}"
+                raise TextbookGenError(f"{path}: listed in the manifest but {found}; rebuild"
+                                       " the outputs with the command that made them")
+            files.append(path)
+        return files
+
+    def records(self, subdir: str = "shards") -> Iterator[dict[str, Any]]:
+        for shard in self.files(subdir):
+            yield from iter_records(shard)
+
+
+@contextmanager
+def reading(run_dir: Path) -> Iterator[Snapshot]:
+    """Hold the build a directory's manifest names: while inside, no sweep removes its files,
+    though a new build may be committed beside it (the next ``reading`` sees that one)."""
+    run_dir = Path(run_dir)
+    # a lock file only where there are outputs: a folder that is not one gets no file from us
+    fd = _lock_fd(run_dir, create=True) if (run_dir / "manifest.json").exists() else None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a sweep holds it for a moment at most
+        manifest = read_manifest(run_dir)
+        if manifest is None:
+            if (run_dir / "run.sqlite").exists():
+                why = ("its outputs were never completed (a run stopped before writing them);"
+                       " run the same `textbook-gen run` command again to rebuild them from the"
+                       " store: nothing stored is sent again")
+            else:
+                why = "is this a run or curate output directory?"
+            raise TextbookGenError(f"{run_dir}: no manifest.json, so its shards cannot be"
+                                   f" trusted: {why}")
+        yield Snapshot(run_dir, manifest)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def shard_files(run_dir: Path, subdir: str = "shards") -> list[Path]:
+    """The shards of a run directory as its manifest lists them, each checked to be whole
+    (a later build may remove them: to read them, hold the build with ``reading``)."""
+    with reading(run_dir) as build:
+        return build.files(subdir)
+
+
+def foreign_files(root: Path, whole_folder: bool) -> list[str]:
+    """What a build at ``root`` did not write: in ``shards/`` and ``rejects/``, any name that
+    is not a build's own; with ``whole_folder`` (curate's ``--out``), anything else at the top
+    too. A run directory holds the run's store besides, so there only the two folders count."""
+    found = []
+    for sub in Build.SUBDIRS:
+        folder = root / sub
+        if folder.is_dir():
+            found += [f"{sub}/{f.name}" for f in sorted(folder.iterdir())
+                      if not (f.is_file() and OWN_NAME.fullmatch(f.name))]
+        elif folder.exists() or folder.is_symlink():
+            found.append(sub)
+    if whole_folder:
+        ours = {*Build.SUBDIRS, "manifest.json", ".manifest.json.tmp", LOCK}
+        found += [f.name for f in sorted(root.iterdir())
+                  if f.name not in ours and not TEMP_NAME.fullmatch(f.name)]
+    return found
 
 
 class Build:
-    """One build of a directory's outputs (see the module docstring)."""
+    """One build of a directory's outputs (see the module docstring). ``whole_folder``: the
+    directory is the outputs' alone (curate's ``--out``), not a run directory."""
 
     SUBDIRS = ("shards", "rejects")
+    PREFIXES = ("part", "rejects")  # the shard names OWN_NAME knows
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, whole_folder: bool = True):
         self.root = Path(root)
         self.id = uuid.uuid4().hex[:8]
         if self.root.exists() and not self.root.is_dir():
@@ -463,10 +573,23 @@ class Build:
         except OSError as e:
             raise InputError(f"{self.root}: cannot create the output directory"
                              f" ({e.strerror or e}); give --out a directory you can write") from None
+        try:
+            has_manifest = read_manifest(self.root) is not None
+        except TextbookGenError:
+            has_manifest = False
+        foreign = [] if has_manifest else foreign_files(self.root, whole_folder)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                               if len(foreign) > 3 else "")
+            raise InputError(f"{self.root}: holds files textbook-gen did not write ({shown}) and"
+                             " no manifest.json of its outputs; write the outputs to a new or"
+                             " empty directory (nothing there was touched)")
         self.sweep()
 
     def writer(self, subdir: str, prefix: str, fmt: str, max_records: int,
                keep_empty: bool = False) -> ShardWriter:
+        if subdir not in self.SUBDIRS or prefix not in self.PREFIXES:
+            raise ValueError(f"a build writes {self.PREFIXES} shards to {self.SUBDIRS}")
         return ShardWriter(self.root, subdir=subdir, prefix=f"{prefix}-{self.id}", fmt=fmt,
                            max_records=max_records, keep_empty=keep_empty)
 
@@ -480,22 +603,38 @@ class Build:
         self.sweep()
 
     def sweep(self) -> None:
-        """Remove output files the current manifest does not list: an older build's, or those
-        of a build that was killed before its manifest was written."""
+        """Remove files with a build's own names (``OWN_NAME``, ``TEMP_NAME``) that are not
+        this build's and that the current manifest does not list: an older build's, or those of
+        a build killed before its manifest was written. Skipped while a reader holds a build
+        (``reading``): a later sweep removes them."""
+        fd = _lock_fd(self.root, create=True)
         try:
-            listed = {s.get("name") for s in (read_manifest(self.root) or {"shards": []})["shards"]}
-        except TextbookGenError:
-            listed = set()  # unreadable: nothing in the folders can be trusted
-        for old in self.root.glob(".build-*"):
-            if not old.name.startswith(f".build-{self.id}-"):
-                old.unlink(missing_ok=True)
-        for sub in self.SUBDIRS:
-            folder = self.root / sub
-            if not folder.is_dir():
-                continue
-            for f in folder.iterdir():
-                if f.is_file() and f"{sub}/{f.name}" not in listed and self.id not in f.name:
-                    f.unlink(missing_ok=True)
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return
+            try:
+                listed = {s.get("name") for s in
+                          (read_manifest(self.root) or {"shards": []})["shards"]}
+            except TextbookGenError:
+                listed = set()  # unreadable: none of the build files can be trusted
+            for old in self.root.iterdir():
+                m = TEMP_NAME.fullmatch(old.name)
+                if m and m["build"] != self.id and old.is_file():
+                    old.unlink(missing_ok=True)
+            for sub in self.SUBDIRS:
+                folder = self.root / sub
+                if not folder.is_dir():
+                    continue
+                for f in folder.iterdir():
+                    m = OWN_NAME.fullmatch(f.name)
+                    if (m and m["build"] != self.id and f.is_file()
+                            and f"{sub}/{f.name}" not in listed):
+                        f.unlink(missing_ok=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@ Every document has a number, ``file << 40 | row``, whose order is the single pro
 reading order, so "the earliest" means the same thing in both. The steps:
 
 1. **ids** (Ray Data map, then a groupby-count shuffle): a record's id, as ``_with_ids`` gives
-   it; ids seen more than once get the same ``#k`` suffixes, in document order.
+   it; the driver runs the same rule (``pipeline.UniqueIds``) over the documents it can change,
+   in document order, so ids are unique and the same as in one process.
 2. **per-document stages** (a Ray Data map over input files on an actor pool): the stages of
    ``pipeline._Curation._per_document``, unchanged, on chunks of ``CHUNK`` records; survivors
    and rejects are spooled to the output directory by the worker that read them; what dedup
@@ -31,7 +32,7 @@ import json
 import os
 import pickle
 import struct
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,10 @@ from textbook_gen.curate.facts import DocumentStage, default_workers
 from textbook_gen.curate.pipeline import (
     CHUNK,
     STAGES,
+    SUFFIXED,
     CurationResult,
     StageCount,
+    UniqueIds,
     _chunks,
     _Curation,
 )
@@ -214,32 +217,41 @@ BLOCK = 8 * CHUNK  # rows a worker hands on at a time: its memory, whatever the 
 def _ids(batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     docs: list[int] = []
     ids: list[str] = []
+
+    def block() -> dict[str, np.ndarray]:
+        return {"doc": np.asarray(docs, dtype=np.int64), "rid": np.asarray(ids, dtype=object),
+                "suffixed": np.asarray([bool(SUFFIXED.search(i)) for i in ids], dtype=bool)}
+
     for file, path in zip(batch["file"], batch["path"], strict=True):
         for doc, record in _read_file(str(path), int(file), {}):
             docs.append(doc)
             ids.append(record["id"])
             if len(docs) >= BLOCK:
-                yield {"doc": np.asarray(docs, dtype=np.int64), "rid": np.asarray(ids, dtype=object)}
+                yield block()
                 docs, ids = [], []
-    yield {"doc": np.asarray(docs, dtype=np.int64), "rid": np.asarray(ids, dtype=object)}
+    yield block()
     # (the last block may be empty: Ray Data unifies an empty column's type with the others)
 
 
 def _renames(files: Any) -> dict[int, str]:
-    """Documents whose id was seen before, in document order: ``id#k`` for the k-th."""
+    """Documents whose id the one rule (``pipeline.UniqueIds``) changes, with their new ids.
+    The rule needs, in document order, the documents whose id is repeated and those whose id
+    ends like a suffix (an input ``a#2`` can meet the ``a#2`` given to a repeated ``a``);
+    every other document keeps its id."""
     ids = files.map_batches(_ids, batch_size=1).materialize()
     repeated = ids.groupby("rid", num_partitions=_partitions(ids, 2)).count().filter(
         expr=_more_than_one())
     again = {str(x) for x in _columns(repeated, ["rid"])["rid"]}
     if not again:
         return {}
-    rows = _columns(ids.filter(expr=_col("rid").is_in(sorted(again))), ["doc", "rid"])
-    seen: Counter[str] = Counter()
+    rows = _columns(ids.filter(expr=_col("rid").is_in(sorted(again)) | _col("suffixed")),
+                    ["doc", "rid"])
+    unique = UniqueIds()
     out = {}
     for doc, rid in sorted(zip(rows["doc"].tolist(), rows["rid"].tolist(), strict=True)):
-        seen[rid] += 1
-        if seen[rid] > 1:
-            out[int(doc)] = f"{rid}#{seen[rid]}"
+        new = unique(str(rid))
+        if new != rid:
+            out[int(doc)] = new
     return out
 
 

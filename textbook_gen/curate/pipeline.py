@@ -13,8 +13,9 @@ Outputs go through a ``shards.Build``: the caller's manifest switches them in wh
 from __future__ import annotations
 
 import pickle
+import re
 import struct
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from textbook_gen.shards import (
     is_url,
     iter_records,
     source_name,
+    writing,
 )
 from textbook_gen.tokens import count_tokens
 
@@ -484,7 +486,7 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
                   workers)
     spool_path = build.temp_path("curate-spool.jsonl.zst")
     try:
-        with open(spool_path, "wb") as spool:
+        with writing(spool_path), open(spool_path, "wb") as spool:
             total = c.first_pass(records, spool)
         dropped, sizes = c.find_duplicates(spool_path)
         c.second_pass(spool_path, total, dropped, sizes)
@@ -496,8 +498,36 @@ def curate(records: Iterable[Record], settings: CurationSettings, build: Build, 
                           sandbox, c.cells, c.low, failed=c.failed)
 
 
+SUFFIXED = re.compile(r"#\d+$")  # the only ids UniqueIds can give to a repeated one
+
+
+class UniqueIds:
+    """Input ids made unique, in document order: an id seen before (given in the input, or
+    given here to an earlier document) becomes ``id#k``, the smallest k >= 2 not yet taken.
+    Ids ``a, a, a`` give ``a, a#2, a#3``; ``a, a, a#2`` give ``a, a#2, a#2#2``. The one rule
+    for one process (``_with_ids``) and for Ray (``distributed._renames``), which feeds it only
+    the documents whose ids are repeated or end like a suffix (``SUFFIXED``): the others keep
+    their ids, and the rule's decisions on these depend only on each other."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+        self.next: dict[str, int] = {}
+
+    def __call__(self, rid: str) -> str:
+        if rid not in self.taken:
+            self.taken.add(rid)
+            return rid
+        k = self.next.get(rid, 2)
+        while f"{rid}#{k}" in self.taken:  # taken names stay taken: k only grows
+            k += 1
+        self.next[rid] = k + 1
+        new = f"{rid}#{k}"
+        self.taken.add(new)
+        return new
+
+
 def _with_ids(paths: list[Source]) -> Iterator[Record]:
-    seen: defaultdict[str, int] = defaultdict(int)
+    unique = UniqueIds()
     for path in paths:
         for n, record in enumerate(iter_records(path), 1):
             if "text" not in record or not isinstance(record["text"], str):
@@ -505,9 +535,7 @@ def _with_ids(paths: list[Source]) -> Iterator[Record]:
 
                 raise TextbookGenError(f"{path}: record {n} has no 'text' string field; "
                                        "each record needs one")
-            rid = str(record.get("id") or f"{source_name(path)}:{n}")
-            seen[rid] += 1
-            record["id"] = rid if seen[rid] == 1 else f"{rid}#{seen[rid]}"
+            record["id"] = unique(str(record.get("id") or f"{source_name(path)}:{n}"))
             yield record
 
 
