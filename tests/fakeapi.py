@@ -82,6 +82,8 @@ class Recorded:
     rejected: bool = False  # refused by the rpm/tpm limiter
     fault: str | None = None  # the scripted fault applied to it, if any
     query: str = ""
+    status: int = 0  # 200 once a generation request was answered (errors leave 0)
+    usage: tuple[int, int] = (0, 0)  # (input, output) tokens billed for that answer
 
 
 # ----------------------------------------------------------------------------- default text
@@ -581,6 +583,10 @@ class FakeAPI:
             answer = self._answer(body, anthropic, kind)
         except Exception as e:
             return self._error(500, rec.path, f"responder failed: {type(e).__name__}: {e}")
+        u = answer["usage"]
+        rec.status = 200
+        rec.usage = (u.get("prompt_tokens", u.get("input_tokens", 0)),
+                     u.get("completion_tokens", u.get("output_tokens", 0)))
         return self._json(200, answer, self._limit_headers(anthropic))
 
     # ------------------------------------------------------------------ OpenAI files
