@@ -13,8 +13,8 @@ or chunked request bodies), so it takes thousands of requests a second.
 Faults apply to ``POST /v1/chat/completions`` and ``POST /v1/messages`` only: ``"429"`` (with
 ``retry-after: 1``) or any other status code as a string, ``"drop"``, ``"nonjson"``, ``"empty"``,
 ``"truncate"``, ``"refusal"``, ``"empty_billed"`` (no text, cut at max_tokens with every output
-token billed: a reasoning model that spent them thinking), or a dict: ``{"status": 429, "headers": {...}}`` (headers replace
-the default retry-after), ``{"status": 500, "body": {...}}``, ``{"delay": 0.5}``, and
+token billed: a reasoning model that spent them thinking), or a dict: ``{"status": 429,
+"headers": {...}}`` (headers replace the default retry-after), ``{"status": 500, "body": {...}}``, ``{"delay": 0.5}``, and
 ``{"kind": "truncate", "delay": 0.1}``. A fault is consumed by the next generation request that
 passes validation (400) and the rpm/tpm limiter (429); ``latency`` applies before faults too.
 

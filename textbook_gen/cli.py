@@ -89,6 +89,14 @@ def _fail(e: TextbookGenError) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
+def _warn_spec(spec: Any) -> None:
+    """A spec is trusted like code: say what it reaches beyond its folder."""
+    from textbook_gen.checks import spec_warnings
+
+    for w in spec_warnings(spec):
+        err.print(f"[yellow]warning[/] {escape(w)}", highlight=False)
+
+
 @app.command()
 def validate(spec: SpecArg) -> None:
     """Check a curriculum: every problem at once, with file, line and key."""
@@ -99,6 +107,10 @@ def validate(spec: SpecArg) -> None:
     problems = spec_problems(s)
     if problems:
         raise SpecError(problems)
+    from textbook_gen.run import check_paid_stages
+
+    check_paid_stages(s, keys=False)  # what run refuses before paying, validate refuses too
+    _warn_spec(s)
     from textbook_gen.expand import distinct_job_count
     from textbook_gen.prompts import CHECK_RENDERS
 
@@ -359,6 +371,7 @@ def run(
         provider=provider, model=model, base_url=base_url or [], concurrency=concurrency,
         max_cost_usd=max_cost, max_total_tokens=max_tokens,
         stop_on_collapse=True if stop_on_collapse else None))
+    _warn_spec(s)
     if s.curation.enabled and s.curation.verify_code:
         _show_sandbox(s.curation.verify)
     progress = make_progress(err, quiet=quiet)

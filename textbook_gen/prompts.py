@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import jinja2.sandbox
 
 from textbook_gen.errors import TemplateProblem
 from textbook_gen.expand import Job
@@ -68,7 +69,9 @@ class PromptRenderer:
                     " (it is relative to the spec file)"
                 )
         self.search_path = [*spec.template_dirs, data_dir("prompts")]
-        self.env = jinja2.Environment(
+        # A template engine is a language: a spec's templates render in Jinja2's sandbox, so
+        # one from a stranger cannot reach Python (``cycler.__init__.__globals__.os``)
+        self.env = jinja2.sandbox.SandboxedEnvironment(
             loader=jinja2.FileSystemLoader([str(p) for p in self.search_path]),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,

@@ -370,11 +370,12 @@ class RunResult:
     ledger: Ledger
 
 
-def check_provider(spec: Curriculum) -> type[Provider]:
-    """Fail before any work if the provider cannot run (missing key, package or model file)."""
+def check_provider(spec: Curriculum, *, keys: bool = True) -> type[Provider]:
+    """Fail before any work if the provider cannot run (missing key, package or model file,
+    or a --max-cost with no price); ``keys`` false leaves the API key to the run."""
     cls = provider_class(spec.model.provider)
     check = getattr(cls, "check_key", None)
-    if check is not None:
+    if check is not None and keys:
         check(spec.model)
     if spec.engine.max_cost_usd is not None and spec_price(spec) is None:
         raise ConfigError(
@@ -429,12 +430,13 @@ def send_side_stage(spec: Curriculum, store: RunStore, ledger: Ledger, items: li
                           " same command again to continue.")
 
 
-def _check_paid_stages(spec: Curriculum, batch: bool) -> None:
-    """Everything that can refuse the run does so before anything is paid."""
+def check_paid_stages(spec: Curriculum, batch: bool = False, *, keys: bool = True) -> None:
+    """Everything that can refuse the run does so before anything is paid (``validate``
+    asks the same, ``keys`` false: the API key belongs to the machine that runs it)."""
     if batch and not provider_class(spec.model.provider).supports_batch:
         raise ConfigError(f"the {spec.model.provider} provider has no batch API; run without"
                           " --batch")
-    check_provider(spec)
+    check_provider(spec, keys=keys)
     if spec.curation.enabled and spec.curation.judge.enabled:
         from textbook_gen.curate.judge import cannot_judge, judge_model
 
@@ -444,7 +446,7 @@ def _check_paid_stages(spec: Curriculum, batch: bool) -> None:
             raise ConfigError(f"{spec.where('curation', 'judge')}: curation.judge: {why}."
                               " Set curation.judge.provider and model to a stronger model"
                               " (e.g. openai gpt-4o-mini), or turn the judge off")
-        check_provider(spec.model_copy(update={"model": judge}))
+        check_provider(spec.model_copy(update={"model": judge}), keys=keys)
     if spec.curation.enabled and spec.curation.verify_code:
         from textbook_gen.curate.sandbox import sandbox_for
 
@@ -519,7 +521,7 @@ def run_curriculum(
     problems = spec_problems(spec)
     if problems:
         raise SpecError(problems)
-    _check_paid_stages(spec, batch)
+    check_paid_stages(spec, batch)
     _check_run_dir(out_dir)
     renderer = PromptRenderer(spec, seeds=open_seeds(spec, out_dir, progress))
     with RunStore(out_dir / "run.sqlite", exclusive=True) as store:

@@ -10,6 +10,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+import jinja2.sandbox
 
 from textbook_gen.providers.base import Request
 
@@ -27,8 +28,9 @@ _SCORE = re.compile(r"educational score\s*[:=]\s*\**\s*(\d(?:\.\d+)?)", re.I)
 def _template() -> jinja2.Template:
     from textbook_gen.prompts import data_dir
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("prompts"))),
-                             undefined=jinja2.StrictUndefined, autoescape=False)
+    env = jinja2.sandbox.SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(data_dir("prompts"))),
+        undefined=jinja2.StrictUndefined, autoescape=False)
     return env.get_template("judge.md.j2")
 
 
