@@ -14,9 +14,10 @@ Faults apply to ``POST /v1/chat/completions`` and ``POST /v1/messages`` only: ``
 ``retry-after: 1``) or any other status code as a string, ``"drop"``, ``"nonjson"``, ``"empty"``,
 ``"truncate"``, ``"refusal"``, ``"empty_billed"`` (no text, cut at max_tokens with every output
 token billed: a reasoning model that spent them thinking), or a dict: ``{"status": 429,
-"headers": {...}}`` (headers replace the default retry-after), ``{"status": 500, "body": {...}}``, ``{"delay": 0.5}``, and
-``{"kind": "truncate", "delay": 0.1}``. A fault is consumed by the next generation request that
-passes validation (400) and the rpm/tpm limiter (429); ``latency`` applies before faults too.
+"headers": {...}}`` (headers replace the default retry-after), ``{"status": 500, "body":
+{...}}``, ``{"delay": 0.5}``, and ``{"kind": "truncate", "delay": 0.1}``. A fault is
+consumed by the next generation request that passes validation (400) and the rpm/tpm limiter
+(429); ``latency`` applies before faults too.
 
 Times (``Recorded.at``, ``accepted_times``) are ``time.monotonic()`` values.
 Run standalone: ``python tests/fakeapi.py --port 0`` prints ``READY http://127.0.0.1:PORT``.
