@@ -172,6 +172,21 @@ CASES = [
                                      "b.jsonl": b"\x00garbage\xff\n",
                                      "c.yaml": "decontaminate: [b.jsonl]\nverify_code: false\n"},
          ["curate", "in.jsonl", "--out", "c", "--config", "c.yaml"], 2, ["b.jsonl:1"]),
+    Case("stats on a folder that is no run", {"notrun/notes.txt": "hello"},
+         ["stats", "notrun"], 2, ["notrun", "no manifest.json"]),
+    Case("curate records without text", {"in.jsonl": "{\"id\": \"a\", \"body\": \"x\"}\n"},
+         ["curate", "in.jsonl", "--out", "c"], 2, ["in.jsonl", "record 1", "'text'"]),
+    Case("validate a judge that run refuses", {"spec.yaml": SPEC.replace(
+        "curation:\n  enabled: false", "curation:\n  judge: {enabled: true, provider: local,"
+        " model: smollm2-135m-instruct}")}, ["validate", "spec.yaml"], 2,
+         ["spec.yaml:", "curation.judge", "cannot judge"]),
+    Case("validate --max-cost without a price", {"spec.yaml": SPEC.replace(
+        "name: gpt-4o-mini", "name: gpt-5-pro").replace(
+        "curation:", "engine: {max_cost_usd: 1.0}\ncuration:")}, ["validate", "spec.yaml"], 2,
+         ["gpt-5-pro", "prices:"]),
+    Case("template that reaches for Python", templates(
+        "{{ cycler.__init__.__globals__.os.system('touch pwned') }}\n"),
+         ["validate", "spec.yaml"], 2, ["chapter.md.j2:1", "unsafe"]),
 ]
 
 

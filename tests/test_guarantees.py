@@ -307,7 +307,7 @@ def test_cat_refuses_a_run_directory_without_manifest(fake_api, api_env, write_s
     run_curriculum(_spec(write_spec(), fake_api.url), out_dir=out)
     (out / "manifest.json").unlink()
     proc = _cli("cat", out)
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""  # bad input: not a readable output
     assert "no manifest.json" in proc.stderr and "run the same" in proc.stderr
 
 
@@ -390,3 +390,14 @@ def test_dedup_ranks_a_document_by_what_verification_left_of_it(tmp_path):
     kept = read_kept(tmp_path)
     assert [r["id"] for r in kept] == ["d1"]
     assert kept[0]["quality"]["tokens"] == count_tokens(kept[0]["text"])
+
+
+def test_a_run_that_kept_nothing_says_so_and_exits_non_zero(fake_api, api_env, write_spec,
+                                                            tmp_path):
+    spec = write_spec(SMALL_SPEC.replace("curation:\n  enabled: false",
+                                         "curation:\n  min_tokens: 100000\n  verify_code: false"))
+    proc = _run_cli(spec, tmp_path / "o", fake_api.url)
+    assert proc.returncode == 7, proc.stderr
+    flat = " ".join(proc.stderr.split())
+    assert "nothing kept" in flat and "nothing was kept" in flat
+    assert "--rejected" in flat and "read two documents" not in flat

@@ -521,7 +521,7 @@ def reading(run_dir: Path) -> Iterator[Snapshot]:
                        " store: nothing stored is sent again")
             else:
                 why = "is this a run or curate output directory?"
-            raise TextbookGenError(f"{run_dir}: no manifest.json, so its shards cannot be"
+            raise InputError(f"{run_dir}: no manifest.json, so its shards cannot be"
                                    f" trusted: {why}")
         yield Snapshot(run_dir, manifest)
     finally:

@@ -59,7 +59,7 @@ from textbook_gen.curate.pipeline import (
 )
 from textbook_gen.curate.sandbox import sandbox_layers
 from textbook_gen.curate.settings import CurationSettings
-from textbook_gen.errors import ConfigError, TextbookGenError
+from textbook_gen.errors import ConfigError, InputError, TextbookGenError
 from textbook_gen.shards import (
     Build,
     ShardInfo,
@@ -204,7 +204,7 @@ def _read_file(path: str, file: int, renames: dict[int, str]) -> Iterator[tuple[
     p: Source = path if is_url(path) else Path(path)
     for n, record in enumerate(iter_records(p), 1):
         if "text" not in record or not isinstance(record["text"], str):
-            raise TextbookGenError(f"{p}: record {n} has no 'text' string field; each record "
+            raise InputError(f"{p}: record {n} has no 'text' string field; each record "
                                    "needs one")
         doc = doc_number(file, n - 1)
         record["id"] = renames.get(doc) or str(record.get("id") or f"{source_name(p)}:{n}")

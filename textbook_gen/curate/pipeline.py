@@ -531,10 +531,8 @@ def _with_ids(paths: list[Source]) -> Iterator[Record]:
     for path in paths:
         for n, record in enumerate(iter_records(path), 1):
             if "text" not in record or not isinstance(record["text"], str):
-                from textbook_gen.errors import TextbookGenError
-
-                raise TextbookGenError(f"{path}: record {n} has no 'text' string field; "
-                                       "each record needs one")
+                raise InputError(f"{path}: record {n} has no 'text' string field; "
+                                 "each record needs one")
             record["id"] = unique(str(record.get("id") or f"{source_name(path)}:{n}"))
             yield record
 
