@@ -43,7 +43,7 @@ def parse_exercises(text: str) -> list[Exercise]:
     heads = list(_EXERCISE.finditer(text))
     fences = [m.span() for m in _FENCE.finditer(text)]
     out = []
-    for head, after in zip(heads, [*heads[1:], None], strict=True):
+    for head, after in zip(heads, [*heads[1:], None], strict=False):
         limit = after.start() if after else len(text)
         out.append(_parse_block(text, head.start(), _block_end(text, head, limit, fences)))
     return out
@@ -73,9 +73,9 @@ def _parse_block(text: str, start: int, end: int) -> Exercise:
     problem_end = sections[0].start() if sections else len(block)
     parts: dict[str, str] = {}
     for i, m in enumerate(sections):
-        end = sections[i + 1].start() if i + 1 < len(sections) else len(block)
+        section_end = sections[i + 1].start() if i + 1 < len(sections) else len(block)
         name = m.group(1).lower().rstrip("s") if m.group(1).lower() != "tests" else "test"
-        parts.setdefault(name, block[m.end():end])
+        parts.setdefault(name, block[m.end():section_end])
     solution_code = lang = tests_code = None
     if "solution" in parts:
         fence = _FENCE.search(parts["solution"])
