@@ -190,7 +190,7 @@ def run_test(f, label: str, evidence: Evidence) -> None:  # noqa: ANN001 - a cal
 def run_test_class(cls: type, evidence: Evidence) -> None:
     """A pytest-style ``Test*`` class: a fresh instance per ``test*`` method, with its
     ``setup_method``/``teardown_method``; pytest does not collect a class with an __init__."""
-    if cls.__init__ is not object.__init__:
+    if any("__init__" in vars(c) for c in cls.__mro__ if c is not object):
         evidence.not_run.append(f"class {cls.__name__} has an __init__: not run")
         return
     names = {n: None for c in reversed(cls.__mro__) for n in vars(c) if n.startswith("test")}

@@ -324,7 +324,7 @@ class BwrapSandbox(Sandbox):
                 os.write(fds[-1], code.encode("utf-8"))
                 os.lseek(fds[-1], 0, os.SEEK_SET)
             argv = [*self._privilege_drop(), *self._bwrap_argv(limits, fds),
-                    *_harness_argv(self.python.executable, tuple(f"/{n}" for n in FILES),
+                    *_harness_argv(self.python.executable, (f"/{FILES[0]}", f"/{FILES[1]}"),
                                    verdict_fd, limits, limits.max_processes)]
             yield _Launch(argv, {}, None, (*fds, verdict_fd))
         finally:
