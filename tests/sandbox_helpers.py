@@ -48,11 +48,12 @@ def run_in_runner(code: str, settings: VerifySettings, wait_s: float = 300) -> d
     return json.loads(proc.stdout)
 
 
-def run_bounded(code: str, settings: VerifySettings) -> CheckResult:
+def run_bounded(code: str, settings: VerifySettings, solution: str = "") -> CheckResult:
     """``run_python`` that must come back: a check still running a minute past its own limit
     is a hang (e.g. waiting on a pipe a leftover process holds), not a slow machine."""
     out: list[CheckResult] = []
-    worker = threading.Thread(target=lambda: out.append(run_python(code, settings)), daemon=True)
+    worker = threading.Thread(target=lambda: out.append(run_python(code, settings, solution)),
+                              daemon=True)
     worker.start()
     worker.join(settings.timeout_s + 60)
     assert not worker.is_alive(), "the check did not return"

@@ -170,3 +170,50 @@ def test_the_manifest_layers_say_why_exercises_ran_unsandboxed(monkeypatch, tmp_
     layers = sandbox_layers(VerifySettings(allow_unsandboxed=True))
     assert any("not found on PATH" in layer for layer in layers)
     assert sandbox_layers(VerifySettings()) != layers  # refused: nothing ran unsandboxed
+
+
+PID1_SCRIPT = r"""
+import json, os
+from textbook_gen.curate.settings import VerifySettings
+from textbook_gen.curate.verify import verify_records
+
+def exercise(tests):
+    return ("## Exercise 1\nAdd.\n\n### Solution\n```python\ndef add(a, b):\n    return a + b\n"
+            "```\n\n### Tests\n```python\n" + tests + "\n```\n")
+
+docs = [{"text": exercise(t)} for t in
+        ("assert add(1, 2) == 3", "assert add(1, 2) == 4", "print(add(1, 2))")]
+verdicts = verify_records(docs, VerifySettings(timeout_s=30, workers=2))
+zombies = []
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        stat = open(f"/proc/{entry}/stat").read()
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if state == "Z" and int(ppid) == os.getpid():
+            zombies.append(stat[stat.index("(") + 1:stat.rindex(")")])
+print(json.dumps({"pid": os.getpid(), "keep": [v.keep for v in verdicts], "zombies": zombies}))
+"""
+
+
+@needs_bwrap
+def test_as_pid_1_verification_leaves_no_zombie_children():
+    """In a container without an init, textbook-gen is PID 1 and adopts every orphan: bwrap's
+    namespace init, which bwrap's monitor never waits for, must be reaped by us."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    # as root a PID namespace needs nothing more; otherwise a user namespace that maps us
+    # to ourselves (not to root, which would take the sandbox's root path)
+    user = [] if os.geteuid() == 0 else ["--map-current-user"]
+    proc = subprocess.run([unshare, *user, "--pid", "--fork", "--mount-proc", sys.executable,
+                           "-c", PID1_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["pid"] == 1
+    assert out["zombies"] == []
+    assert out["keep"] == [True, False, False]

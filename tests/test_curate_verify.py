@@ -122,3 +122,50 @@ def test_documents_without_exercises_need_no_sandbox(tmp_path):
     s = VerifySettings(bwrap=str(tmp_path / "missing"))
     assert verify_records([{"text": "## Loops\nNo exercises here."}], s) == [None]
     assert verify_records([], s) == []
+
+
+@needs_bwrap
+def test_keep_partial_keeps_the_prose_after_a_failing_last_exercise():
+    doc = ("# Adding numbers\nIntro prose.\n\n" + GOOD + "\n" + WRONG
+           + "\n## Summary\nAddition is commutative; closing prose.\n")
+    v = verify_document(doc, S)
+    assert v.keep and v.passed == 1 and v.total == 2
+    assert "Intro prose." in v.text and "def add" in v.text
+    assert "def mul" not in v.text and "## Exercise 2" not in v.text
+    assert "## Summary\nAddition is commutative; closing prose." in v.text
+
+
+def test_an_exercise_block_ends_at_the_next_heading_of_its_level_not_at_a_code_comment():
+    doc = ("## Exercise 1\nWrite.\n\n### Solution\n```python\n# a comment, not a heading\n"
+           "def f():\n    return 1\n```\n\n### Tests\n```python\n# check it\nassert f() == 1\n```\n"
+           "\nA note on the exercise.\n\n## Summary\nThe end.\n")
+    [ex] = parse_exercises(doc)
+    assert ex.text.endswith("A note on the exercise.\n\n")
+    assert doc[ex.end:] == "## Summary\nThe end.\n"
+    assert "# check it" in ex.tests_code
+
+
+@needs_bwrap
+def test_a_python3_fence_is_verified_as_python():
+    for tag in ("python3", "py3", "py"):
+        wrong = WRONG.replace("```python\ndef mul", f"```{tag}\ndef mul")
+        assert f"```{tag}\n" in wrong
+        v = verify_document(wrong, S)
+        assert v is not None and not v.keep, tag
+
+
+NO_ASSERTION = exercise("def add(a, b):\n    return a + b", "print(add(2, 3))", 3)
+PARAMETRIZED = exercise("def add(a, b):\n    return a + b",
+                        "def test_add(a, b):\n    assert add(a, b) == a + b", 4)
+
+
+@needs_bwrap
+def test_a_document_whose_tests_run_nothing_is_rejected_as_no_tests_ran():
+    v = verify_document(NO_ASSERTION + "\n" + PARAMETRIZED, S)
+    assert not v.keep and v.passed == 0 and v.reason == "no_tests_ran"
+    assert all("no_tests_ran" in f for f in v.failures)
+    mixed = verify_document(NO_ASSERTION + "\n" + WRONG, VerifySettings(timeout_s=5,
+                                                                        keep_partial=False))
+    assert not mixed.keep and mixed.reason == "exercise_failed"
+    partial = verify_document(GOOD + "\n" + NO_ASSERTION, S)
+    assert partial.keep and "print(add(2, 3))" not in partial.text

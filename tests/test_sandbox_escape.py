@@ -1,7 +1,7 @@
 """The escape corpus: hostile exercises, each written to pass only if its attack works, run in
 the real sandbox; every invariant is then checked from outside it (files, servers, a victim
 process, leftover processes, the runner's memory). Then the false passes: programs that end
-early with status 0 must be failures."""
+early with status 0, or that forge the evidence of assertions, must be failures."""
 
 from __future__ import annotations
 
@@ -195,6 +195,8 @@ def test_a_gibibyte_of_output_leaves_the_parent_small():
 
 FALSE_PASSES = [
     ("SystemExit(0) before failing asserts", "raise SystemExit(0)\nassert add(1, 1) == 3"),
+    ("SystemExit(0) after a passing assert", "assert add(1, 1) == 2\nraise SystemExit(0)\n"
+                                             "assert add(1, 1) == 3"),
     ("sys.exit() in a test function", "import sys\ndef test_add():\n    sys.exit(0)\n"
                                       "    assert add(1, 1) == 3"),
     ("os._exit(0)", "import os\nos._exit(0)\nassert add(1, 1) == 3"),
@@ -202,38 +204,60 @@ FALSE_PASSES = [
     ("sys.exit(main()) idiom", "import sys\ndef main():\n    return 0\n"
                                "if __name__ == '__main__':\n    sys.exit(main())\n"
                                "assert add(1, 1) == 3"),
-    ("a fake end marker on every descriptor", "import os\nfor fd in range(3, 64):\n"
-                                              "    try:\n        os.write(fd, b'0' * 32 + b'\\n')\n"
-                                              "    except OSError:\n        pass\n"
-                                              "print('passed')\nos._exit(0)"),
+    ("a fake verdict on every descriptor", "import os\nfor fd in range(3, 64):\n"
+                                           "    try:\n        os.write(fd, b'0' * 32 + b' pass\\n')\n"
+                                           "    except OSError:\n        pass\n"
+                                           "print('passed')\nos._exit(0)"),
     ("closing the verdict pipe", "import os\nos.closerange(3, 64)\nassert add(1, 1) == 2"),
     ("a unittest case that fails, never run by the exercise",
      "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n"
      "        self.assertEqual(add(1, 1), 3)\nif __name__ == '__main__':\n    unittest.main()"),
     ("a pytest-style test that fails, never called", "def test_add():\n    assert add(1, 1) == 3"),
     ("a wrong solution", "assert add(2, 2) == 5"),
+    # forging the evidence: no marker, name or global the exercise can set counts
+    ("a printed pass marker", "print('1 passed', flush=True)\nprint('nonce pass')"),
+    ("a global assertion counter", "assertions = asserts_executed = __assertions__ = 99\n"
+                                   "tests_ran = passed = True"),
+    ("a builtin assertion counter", "import builtins\nbuiltins.assertions = 99\n"
+                                    "builtins.__dict__['assert passed'] = 1"),
+    ("a failing assert the tests catch", "try:\n    assert add(1, 1) == 3\n"
+                                         "except AssertionError:\n    pass"),
+    ("a failing unittest assertion the test catches",
+     "import unittest\nclass T(unittest.TestCase):\n    def test_add(self):\n"
+     "        try:\n            self.assertEqual(add(1, 1), 3)\n"
+     "        except AssertionError:\n            pass"),
+    ("AssertionError rebound to a harmless class",
+     "class AssertionError(Exception):\n    pass\nassert add(1, 1) == 3"),
+    ("a failing assert in a thread", "import threading\n"
+                                     "def check():\n    assert add(1, 1) == 3\n"
+                                     "t = threading.Thread(target=check)\nt.start()\nt.join()\n"
+                                     "assert add(1, 1) == 2"),
 ]
 
 TRUE_PASSES = [
     ("a correct solution", "assert add(2, 2) == 4"),
-    ("a solution with the sys.exit(main()) idiom",
-     "import sys\ndef main():\n    raise RuntimeError('never run on import')\n"
-     "if __name__ == '__main__':\n    sys.exit(main())\nassert add(2, 2) == 4"),
     ("a unittest case that passes", "import unittest\nclass T(unittest.TestCase):\n"
                                     "    def test_add(self):\n        self.assertEqual(add(1, 1), 2)\n"
                                     "if __name__ == '__main__':\n    unittest.main()"),
     ("an async pytest-style test", "async def test_add():\n    assert add(1, 1) == 2"),
 ]
 
-SOLUTION = "def add(a, b):\n    return a + b\n\n"
+SOLUTION = "def add(a, b):\n    return a + b\n"
+MAIN_IDIOM = "import sys\ndef main():\n    raise RuntimeError('never run on import')\n" \
+             "if __name__ == '__main__':\n    sys.exit(main())\n"
 
 
 @pytest.mark.parametrize(("name", "tests"), FALSE_PASSES, ids=[n for n, _ in FALSE_PASSES])
-def test_ending_early_or_failing_is_never_a_pass(name, tests):
-    assert not run_bounded(SOLUTION + tests, S).passed
+def test_ending_early_failing_or_forging_is_never_a_pass(name, tests):
+    assert not run_bounded(tests, S, solution=SOLUTION).passed
 
 
 @pytest.mark.parametrize(("name", "tests"), TRUE_PASSES, ids=[n for n, _ in TRUE_PASSES])
 def test_tests_that_run_to_the_end_pass(name, tests):
-    r = run_bounded(SOLUTION + tests, S)
+    r = run_bounded(tests, S, solution=SOLUTION)
+    assert r.passed, r.detail
+
+
+def test_a_solution_with_the_sys_exit_main_idiom_is_imported_not_run():
+    r = run_bounded("assert add(2, 2) == 4", S, solution=SOLUTION + MAIN_IDIOM)
     assert r.passed, r.detail

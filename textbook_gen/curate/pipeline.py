@@ -273,7 +273,7 @@ class _Curation:
                 q.setdefault("verified", None)
             elif not v.keep:
                 q.update(verified=False, exercises_total=v.total, exercises_passed=v.passed)
-                self._reject(r, "verify", f"exercise_failed ({v.total - v.passed} of {v.total})",
+                self._reject(r, "verify", f"{v.reason} ({v.total - v.passed} of {v.total})",
                              "\n\n".join(v.failures)[:4000])
                 continue
             else:

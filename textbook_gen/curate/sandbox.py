@@ -1,5 +1,5 @@
 """The exercise sandbox: run model-written Python in a throwaway bubblewrap container and tell
-whether its tests ran to the end. Used by the checkers in ``verify``; the threat model and
+whether its tests passed. Used by the checkers in ``verify``; the threat model and
 what holds on which hosts are in docs/sandbox.md.
 
 ``BwrapSandbox`` is the boundary: new user, PID, mount, network, IPC and UTS namespaces, an
@@ -7,8 +7,8 @@ empty read-only root with only /usr and the Python installation bound in (its si
 hidden), a size-capped tmpfs as the one writable place, no nested user namespaces. Where
 bubblewrap cannot run, ``sandbox_for`` refuses (``ConfigError``) unless the settings say
 ``allow_unsandboxed: true``; then ``Unsandboxed`` runs exercises with rlimits alone. Both run
-the harness in ``_sandbox_child.py``: a pass is its nonce on the verdict pipe, never an exit
-status.
+the harness in ``_sandbox_child.py``: a pass is its nonce and ``pass`` on the verdict pipe,
+written only when an assertion of the tests executed and none failed; never an exit status.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from textbook_gen.curate.settings import VerifySettings
 from textbook_gen.errors import ConfigError
 
 HARNESS = Path(__file__).with_name("_sandbox_child.py")
+FILES = ("exercise.py", "tests.py")  # the solution and its tests, as the harness reads them
 OUTPUT_KEPT = 64 * 1024  # bytes of output held per run; the rest is read and dropped
 DETAIL_CHARS = 1500
 SHM_BYTES = 4 * 1024 * 1024  # /dev/shm, for multiprocessing's semaphores
@@ -57,10 +58,18 @@ class Limits:
         return cls(s.timeout_s, s.memory_mb, s.disk_mb, s.max_processes)
 
 
+PASSED = "pass"
+EXERCISE_FAILED = "exercise_failed"
+NO_TESTS_RAN = "no_tests_ran"
+
+
 @dataclass(frozen=True)
 class CheckResult:
     passed: bool
     detail: str  # failure output (tail), or "" when it passed
+    # why it did not pass: NO_TESTS_RAN (it ran to the end, but no assertion of the tests
+    # executed) or EXERCISE_FAILED (anything else); "" when it passed
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,8 @@ class _Launch:
 
 
 class Sandbox:
-    """Runs one exercise program: ``run(code, limits) -> CheckResult``. Subclasses say how the
-    interpreter is confined (``_launch``) and describe it."""
+    """Runs one exercise: ``run(tests, limits, solution) -> CheckResult``. Subclasses say how
+    the interpreter is confined (``_launch``) and describe it."""
 
     strong = False
 
@@ -85,15 +94,18 @@ class Sandbox:
         """What confines exercise code, for the manifest."""
         raise NotImplementedError
 
-    def _launch(self, code: str, limits: Limits, verdict_fd: int
+    def _launch(self, solution: str, tests: str, limits: Limits, verdict_fd: int
                 ) -> contextlib.AbstractContextManager[_Launch]:
         raise NotImplementedError
 
-    def run(self, code: str, limits: Limits) -> CheckResult:
+    def run(self, tests: str, limits: Limits, solution: str = "") -> CheckResult:
+        """Run ``solution`` as an imported module, then ``tests`` as the main program in the
+        same namespace. It passes when an assertion of ``tests`` (an ``assert`` statement or
+        a unittest assertion method) executed and none failed."""
         nonce = secrets.token_hex(16).encode()
         read_end, write_end = os.pipe()
         try:
-            with self._launch(code, limits, write_end) as launch:
+            with self._launch(solution, tests, limits, write_end) as launch:
                 proc = subprocess.Popen(
                     launch.argv, env=launch.env, cwd=launch.cwd, pass_fds=launch.fds,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -108,6 +120,7 @@ class Sandbox:
                     _kill_group(proc)
                     assert proc.stdout is not None
                     proc.stdout.close()
+                    _reap_adopted_inits()
             os.set_blocking(read_end, False)
             try:
                 verdict = os.read(read_end, 256)
@@ -117,14 +130,16 @@ class Sandbox:
             os.close(read_end)
             if write_end != -1:
                 os.close(write_end)
-        return _judge(verdict == nonce + b"\n", returncode, timed_out, output, limits)
+        status = {nonce + b" pass\n": PASSED, nonce + b" no_tests_ran\n": NO_TESTS_RAN}
+        return _judge(status.get(verdict), returncode, timed_out, output, limits)
 
 
-def _harness_argv(python: str, path: str, verdict_fd: int, limits: Limits, tasks: int
-                  ) -> list[str]:
+
+def _harness_argv(python: str, paths: tuple[str, str], verdict_fd: int, limits: Limits,
+                  tasks: int) -> list[str]:
     cpu = math.ceil(limits.timeout_s) + 1
     disk = limits.disk_mb * 1024 * 1024
-    return [python, "-I", "-S", "-c", _harness_code(), path, str(verdict_fd),
+    return [python, "-I", "-S", "-c", _harness_code(), *paths, str(verdict_fd),
             str(limits.memory_mb * 1024 * 1024), str(cpu), str(disk), str(tasks)]
 
 
@@ -187,23 +202,63 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _judge(marked: bool, returncode: int, timed_out: bool, output: bytes, limits: Limits
-           ) -> CheckResult:
+def _reap_adopted_inits() -> None:
+    """Where textbook-gen is PID 1 (a container without an init) it adopts every orphan.
+    bwrap's monitor ends as soon as the init of its PID namespace reports the exercise's
+    status, without waiting for that init, so each exercise would leave a zombie. Reap them:
+    children of ours that are PID 1 of a nested PID namespace, which no code of ours started
+    (a process we start is never such an init), so no other waiter's status is taken. The
+    init is already ending (its exercise ended, or bwrap's --die-with-parent killed it)."""
+    if os.getpid() != 1:
+        return
+    deadline = time.monotonic() + KILL_GRACE_S
+    for pid in _adopted_inits():
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # another thread reaped it
+                break
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+
+
+def _adopted_inits() -> list[int]:
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):  # gone meanwhile
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[1]) != me:
+                continue
+            status = Path(f"/proc/{entry}/status").read_text()
+            nspids = status.split("\nNSpid:")[1].split("\n")[0].split()
+            if len(nspids) > 1 and nspids[-1] == "1":
+                found.append(int(entry))
+    return found
+
+
+def _judge(status: str | None, returncode: int, timed_out: bool, output: bytes,
+           limits: Limits) -> CheckResult:
     tail = output[-DETAIL_CHARS * 4:].decode("utf-8", "replace")[-DETAIL_CHARS:].strip()
     if timed_out:
-        return CheckResult(False, f"timed out after {limits.timeout_s:g} s\n{tail}".strip())
-    if marked and returncode == 0:
-        return CheckResult(True, "")
+        return CheckResult(False, f"timed out after {limits.timeout_s:g} s\n{tail}".strip(),
+                           EXERCISE_FAILED)
+    if status is not None and returncode == 0:
+        return (CheckResult(True, "") if status == PASSED
+                else CheckResult(False, tail or NO_TESTS_RAN, NO_TESTS_RAN))
     # bwrap passes on its child's end as the shell does: 128 + the signal
     signum = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else 0
     if signum:
         why = (f"killed by signal {signum} (limits: {limits.memory_mb} MB, "
                f"{math.ceil(limits.timeout_s) + 1} s CPU)")
-        return CheckResult(False, f"{why}\n{tail}".strip())
+        return CheckResult(False, f"{why}\n{tail}".strip(), EXERCISE_FAILED)
     if returncode == 0:
         return CheckResult(False, (f"{tail}\nended with status 0 before every test ran "
-                                   "(os._exit or an atexit hook)").strip())
-    return CheckResult(False, tail or f"exit status {returncode}")
+                                   "(os._exit or an atexit hook)").strip(), EXERCISE_FAILED)
+    return CheckResult(False, tail or f"exit status {returncode}", EXERCISE_FAILED)
 
 
 # -- bubblewrap
@@ -260,19 +315,23 @@ class BwrapSandbox(Sandbox):
         return out
 
     @contextlib.contextmanager
-    def _launch(self, code: str, limits: Limits, verdict_fd: int) -> Iterator[_Launch]:
-        code_fd = os.memfd_create("exercise.py")
+    def _launch(self, solution: str, tests: str, limits: Limits, verdict_fd: int
+                ) -> Iterator[_Launch]:
+        fds: list[int] = []
         try:
-            os.write(code_fd, code.encode("utf-8"))
-            os.lseek(code_fd, 0, os.SEEK_SET)
-            argv = [*self._privilege_drop(), *self._bwrap_argv(limits, code_fd),
-                    *_harness_argv(self.python.executable, "/exercise.py", verdict_fd, limits,
-                                   limits.max_processes)]
-            yield _Launch(argv, {}, None, (code_fd, verdict_fd))
+            for name, code in zip(FILES, (solution, tests), strict=True):
+                fds.append(os.memfd_create(name))
+                os.write(fds[-1], code.encode("utf-8"))
+                os.lseek(fds[-1], 0, os.SEEK_SET)
+            argv = [*self._privilege_drop(), *self._bwrap_argv(limits, fds),
+                    *_harness_argv(self.python.executable, (f"/{FILES[0]}", f"/{FILES[1]}"),
+                                   verdict_fd, limits, limits.max_processes)]
+            yield _Launch(argv, {}, None, (*fds, verdict_fd))
         finally:
-            os.close(code_fd)
+            for fd in fds:
+                os.close(fd)
 
-    def _bwrap_argv(self, limits: Limits, code_fd: int) -> list[str]:
+    def _bwrap_argv(self, limits: Limits, code_fds: list[int]) -> list[str]:
         argv = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
                 "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
@@ -291,7 +350,8 @@ class BwrapSandbox(Sandbox):
         argv += ["--proc", "/proc", "--dev", "/dev",
                  "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
                  "--size", str(limits.disk_mb * 1024 * 1024), "--tmpfs", "/tmp",
-                 "--ro-bind-data", str(code_fd), "/exercise.py",
+                 "--ro-bind-data", str(code_fds[0]), f"/{FILES[0]}",
+                 "--ro-bind-data", str(code_fds[1]), f"/{FILES[1]}",
                  "--remount-ro", "/", "--chdir", "/tmp"]
         return argv
 
@@ -385,13 +445,15 @@ class Unsandboxed(Sandbox):
                 "rlimits: address space, cpu, file size, files, core", "timeout"]
 
     @contextlib.contextmanager
-    def _launch(self, code: str, limits: Limits, verdict_fd: int) -> Iterator[_Launch]:
+    def _launch(self, solution: str, tests: str, limits: Limits, verdict_fd: int
+                ) -> Iterator[_Launch]:
         with tempfile.TemporaryDirectory(prefix="tbg-exercise-") as tmp:
-            path = os.path.join(tmp, "exercise.py")
-            Path(path).write_text(code, encoding="utf-8")
+            paths = (os.path.join(tmp, FILES[0]), os.path.join(tmp, FILES[1]))
+            for path, code in zip(paths, (solution, tests), strict=True):
+                Path(path).write_text(code, encoding="utf-8")
             env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8"}
             # no process limit: outside a user namespace it would count all of the user's
-            argv = _harness_argv(self.python.executable, path, verdict_fd, limits, 0)
+            argv = _harness_argv(self.python.executable, paths, verdict_fd, limits, 0)
             yield _Launch(argv, env, tmp, (verdict_fd,))
 
 
@@ -423,6 +485,7 @@ def sandbox_layers(s: VerifySettings | None = None) -> list[str]:
         return [f"none: no exercise may run ({(bwrap_problem(s) or '').strip()})"]
 
 
-def run_python(code: str, s: VerifySettings) -> CheckResult:
-    """Run ``code`` (a solution followed by its tests) in the sandbox the settings allow."""
-    return sandbox_for(s).run(code, Limits.of(s))
+def run_python(tests: str, s: VerifySettings, solution: str = "") -> CheckResult:
+    """Run ``solution`` (imported as a module), then ``tests`` (the main program, whose
+    assertions are the evidence), in the sandbox the settings allow."""
+    return sandbox_for(s).run(tests, Limits.of(s), solution)

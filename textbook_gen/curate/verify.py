@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from textbook_gen.curate.exercises import Exercise, parse_exercises
-from textbook_gen.curate.sandbox import CheckResult, run_python
+from textbook_gen.curate.sandbox import EXERCISE_FAILED, NO_TESTS_RAN, CheckResult, run_python
 from textbook_gen.curate.settings import VerifySettings
 
 __all__ = ["CheckResult", "DocumentVerdict", "register_checker", "run_python", "verify_document",
@@ -33,11 +33,11 @@ def register_checker(language: str, checker: Checker) -> None:
 def check_python(ex: Exercise, s: VerifySettings) -> CheckResult | None:
     if not ex.has_code:
         return None
-    return run_python(f"{ex.solution_code}\n\n# --- tests ---\n{ex.tests_code}\n", s)
+    assert ex.solution_code is not None and ex.tests_code is not None
+    return run_python(ex.tests_code, s, solution=ex.solution_code)
 
 
-register_checker("python", check_python)
-register_checker("py", check_python)
+register_checker("python", check_python)  # parse_exercises names py, py3, python3 "python"
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class DocumentVerdict:
     total: int  # exercises with a checker
     passed: int
     failures: list[str]
+    # why it is rejected: NO_TESTS_RAN when no failing exercise's tests ran any assertion,
+    # else EXERCISE_FAILED; "" when kept
+    reason: str = ""
 
 
 def verify_document(text: str, s: VerifySettings) -> DocumentVerdict | None:
@@ -60,16 +63,23 @@ def verify_document(text: str, s: VerifySettings) -> DocumentVerdict | None:
             results.append((ex, result))
     if not results:
         return None
-    failures = [f"{ex.text.splitlines()[0].strip()}: {r.detail}" for ex, r in results if not r.passed]
+    failed = [(ex, r) for ex, r in results if not r.passed]
+    failures = [f"{ex.text.splitlines()[0].strip()}: {r.detail}" for ex, r in failed]
     passed = len(results) - len(failures)
     if not failures:
         return DocumentVerdict(True, text, len(results), passed, [])
     if passed == 0 or not s.keep_partial:
-        return DocumentVerdict(False, text, len(results), passed, failures)
-    failed_blocks = {ex.text for ex, r in results if not r.passed}
-    kept = [ex.text.rstrip() for ex in exercises if ex.text not in failed_blocks]
-    preamble = text[: text.find(exercises[0].text)].rstrip()
-    new_text = "\n\n".join([p for p in [preamble] if p] + kept) + "\n"
+        reason = (NO_TESTS_RAN if all(r.reason == NO_TESTS_RAN for _, r in failed)
+                  else EXERCISE_FAILED)
+        return DocumentVerdict(False, text, len(results), passed, failures, reason)
+    # cut out the failing exercises' blocks; the prose between and after them stays
+    pieces, at = [], 0
+    for ex, _ in sorted(failed, key=lambda f: f[0].start):
+        pieces.append(text[at:ex.start])
+        at = ex.end
+    pieces.append(text[at:])
+    kept = [p.lstrip("\n").rstrip() for p in pieces]
+    new_text = "\n\n".join(p for p in kept if p) + "\n"
     return DocumentVerdict(True, new_text, len(results), passed, failures)
 
 
