@@ -131,3 +131,94 @@ def test_local_provider_has_no_batch_mode(write_spec, tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "no batch API" in proc.stderr
+
+
+def _crash_after_submit(monkeypatch):
+    """update_batch raises as the provider's id is about to be recorded: a crash between
+    the provider's answer and the store's write."""
+    from textbook_gen import store as store_module
+
+    real = store_module.RunStore.update_batch
+
+    def crash(self, batch_id, *, status, remote_id=None, detail=None):
+        if status == "submitted" and remote_id:
+            raise KeyboardInterrupt("simulated crash right after the provider accepted it")
+        return real(self, batch_id, status=status, remote_id=remote_id, detail=detail)
+
+    monkeypatch.setattr(store_module.RunStore, "update_batch", crash)
+    return lambda: monkeypatch.setattr(store_module.RunStore, "update_batch", real)
+
+
+def test_anthropic_recovery_takes_our_batch_not_another_of_the_same_size(
+    batch_api, api_env, write_spec, tmp_path, monkeypatch
+):
+    import anthropic
+
+    spec = _spec(write_spec(ANTHROPIC_SPEC), batch_api, "anthropic")
+    restore = _crash_after_submit(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    ours = next(iter(batch_api._an_batches))
+    restore()
+    # another run on the account submits a batch of the same size just after ours
+    other = anthropic.Anthropic(api_key="sk-test", base_url=batch_api.url)
+    other.messages.batches.create(requests=[
+        {"custom_id": f"other-{i}", "params": {"model": "claude-haiku-4-5", "max_tokens": 50,
+                                               "messages": [{"role": "user", "content": "hi"}]}}
+        for i in range(6)])
+    result = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    assert result.records == 6
+    assert batch_api.batches_created == 2  # ours adopted, nothing submitted again
+    with RunStore(tmp_path / "b" / "run.sqlite") as store:
+        assert [b["remote_id"] for b in store.batches()] == [ours]
+
+
+def test_anthropic_recovery_finds_our_batch_when_the_local_clock_was_ahead(
+    batch_api, api_env, write_spec, tmp_path, monkeypatch
+):
+    import sqlite3
+
+    spec = _spec(write_spec(ANTHROPIC_SPEC), batch_api, "anthropic")
+    restore = _crash_after_submit(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    restore()
+    db = sqlite3.connect(tmp_path / "b" / "run.sqlite")
+    with db:  # the batch was recorded by a clock an hour ahead of the provider's
+        db.execute("UPDATE batches SET created_at = created_at + 3600")
+    db.close()
+    result = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    assert result.records == 6 and batch_api.batches_created == 1
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_network_error_while_polling_is_one_line_and_a_resumable_stop(
+    api_env, write_spec, tmp_path, provider
+):
+    import threading
+
+    path = write_spec(SMALL_SPEC if provider == "openai" else ANTHROPIC_SPEC)
+    server = FakeAPI(batch_complete_after=3600).start()
+    spec = _spec(path, server, provider)
+    stopper = threading.Thread(target=lambda: (
+        _wait_until(lambda: server.batches_created == 1), server.stop()))
+    stopper.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textbook_gen", "run", str(path), "--batch", "--out",
+         str(tmp_path / "b"), "--base-url", spec.model.base_url[0], "--quiet",
+         "--poll-interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=240)
+    stopper.join()
+    assert proc.returncode == 1, err
+    assert "cannot check batch" in err and "run the same command again" in err
+    assert "Traceback" not in err and "bug" not in err and len(err.strip().splitlines()) == 1
+    with RunStore(tmp_path / "b" / "run.sqlite") as store:
+        (b,) = store.batches()
+    assert b["status"] == "submitted" and b["remote_id"]  # a rerun collects it
+
+
+def _wait_until(predicate):
+    from conftest import wait_for
+
+    wait_for(predicate)

@@ -231,3 +231,19 @@ def _read(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_more_workers_than_concurrency_run_as_many_as_it_allows_and_say_so(write_spec,
+                                                                             tmp_path, cluster):
+    spec = write_spec(MANY.replace("engine: {concurrency: 6}", "engine: {concurrency: 2}"))
+    with FakeAPI() as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "textbook_gen", "run", str(spec), "--out", str(tmp_path / "o"),
+             "--base-url", f"{server.url}/v1", "--ray", cluster, "--workers", "3"],
+            capture_output=True, text=True, env=_env(), timeout=WAIT)
+        assert proc.returncode == 0, proc.stderr
+        assert server.max_in_flight <= 2  # the workers' shares of concurrency sum to it
+    assert "2 workers, not 3: engine.concurrency is 2" in proc.stderr
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["this_run"]["ray"]["workers"] == 2
+    assert sum(manifest["this_run"]["ray"]["answers_by_worker"]) == JOBS

@@ -2,8 +2,9 @@
 
 The other way through the paid middle of the flow. Each batch is recorded in the store
 *before* the provider hears of it, with our own id; the provider's id is recorded as soon as
-it exists. A crash between the two is recovered by finding the batch by our id (OpenAI
-metadata; Anthropic by creation time and size) instead of submitting again. Results map
+it exists. A crash between the two is recovered by finding the batch by our id, which the
+batch itself carries (OpenAI: its metadata; Anthropic, whose batches have none: every
+request's ``custom_id`` begins with it), instead of submitting again. Results map
 back by ``custom_id`` (the request's content hash); what an expired batch did not finish is
 resubmitted, and nothing else.
 """
@@ -11,6 +12,7 @@ resubmitted, and nothing else.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -33,6 +35,10 @@ from textbook_gen.store import RunStore
 from textbook_gen.tokens import BATCH_DISCOUNT, ModelPrice, estimate_input_tokens
 
 ACTIVE = ("preparing", "submitted")
+# how far before our record a batch's creation may be and still be ours (the local clock
+# ahead of the provider's): a bound on the listing scanned, not how a batch is recognised
+CLOCK_SLACK_S = 86_400.0
+UNDECIDED = "?"  # find: a batch that may be ours has not ended; its custom_ids are not readable yet
 MAX_SUBMISSIONS = 3  # a request no batch processed (expired, cancelled) is submitted at most this often
 
 
@@ -64,7 +70,11 @@ class BatchBackend:
     async def submit(self, our_id: str, lines: list[dict[str, Any]]) -> str:
         raise NotImplementedError
 
-    async def find(self, our_id: str, created_at: float, size: int) -> str | None:
+    async def find(self, our_id: str, created_at: float, size: int,
+                   known: set[str]) -> str | None:
+        """The provider's id of the batch submitted as ``our_id``, recognised by an identity
+        it carries; None when it was never submitted; ``UNDECIDED`` when a batch that may be
+        it cannot be told yet. ``known``: provider ids of batches this store has recorded."""
         raise NotImplementedError
 
     async def poll(self, remote_id: str) -> RemoteState:
@@ -92,11 +102,12 @@ class OpenAIBatches(BatchBackend):
         )
         return str(b.id)
 
-    async def find(self, our_id: str, created_at: float, size: int) -> str | None:
-        async for b in self.client.batches.list(limit=100):
+    async def find(self, our_id: str, created_at: float, size: int,
+                   known: set[str]) -> str | None:
+        async for b in self.client.batches.list(limit=100):  # newest first
             if (b.metadata or {}).get("textbook_gen_batch") == our_id:
                 return str(b.id)
-            if b.created_at < created_at - 3600:
+            if b.created_at < created_at - CLOCK_SLACK_S:
                 break
         return None
 
@@ -150,17 +161,30 @@ class AnthropicBatches(BatchBackend):
         return {"custom_id": req.key[:64], "params": self.provider.request_body(req)}
 
     async def submit(self, our_id: str, lines: list[dict[str, Any]]) -> str:
-        b = await self.client.messages.batches.create(requests=lines)
+        # Message Batches carry no metadata: each custom_id carries our batch id
+        tagged = [{**x, "custom_id": _tagged(our_id, x["custom_id"])} for x in lines]
+        b = await self.client.messages.batches.create(requests=tagged)
         return str(b.id)
 
-    async def find(self, our_id: str, created_at: float, size: int) -> str | None:
-        # Message Batches carry no metadata: adopt a batch of our size created just after ours.
-        async for b in self.client.messages.batches.list(limit=100):
-            made = b.created_at.timestamp()
-            total = sum(b.request_counts.model_dump().values())
-            if created_at - 5 <= made <= created_at + 600 and total == size:
-                return str(b.id)
-        return None
+    async def find(self, our_id: str, created_at: float, size: int,
+                   known: set[str]) -> str | None:
+        """Ours is the batch whose results' custom_ids carry our id. Only an ended batch
+        has readable results, so a batch of our size that has not ended (and is not one of
+        ours already recorded) leaves the answer undecided until it ends."""
+        undecided = False
+        async for b in self.client.messages.batches.list(limit=100):  # newest first
+            if b.created_at.timestamp() < created_at - CLOCK_SLACK_S:
+                break
+            if b.id in known or sum(b.request_counts.model_dump().values()) != size:
+                continue  # a batch's size is its own from creation: a cheap first sieve
+            if b.processing_status != "ended":
+                undecided = True
+                continue
+            async for row in await self.client.messages.batches.results(b.id):
+                if _batch_of(row.custom_id) == _tag(our_id):
+                    return str(b.id)
+                break  # every row of a batch carries the same batch id
+        return UNDECIDED if undecided else None
 
     async def poll(self, remote_id: str) -> RemoteState:
         b = await self.client.messages.batches.retrieve(remote_id)
@@ -171,17 +195,44 @@ class AnthropicBatches(BatchBackend):
         from textbook_gen.providers.anthropic import parse_message
 
         async for row in await self.client.messages.batches.results(remote_id):
-            result = row.result
+            result, key = row.result, _request_key(row.custom_id)
             if result.type == "succeeded":
                 try:
-                    yield row.custom_id, parse_message(result.message.model_dump())
+                    yield key, parse_message(result.message.model_dump())
                 except ProviderError as e:
-                    yield row.custom_id, e
+                    yield key, e
             elif result.type == "errored":
-                yield row.custom_id, ProviderError(f"batch request errored: {result.error}",
-                                                   kind="batch_errored")
+                yield key, ProviderError(f"batch request errored: {result.error}",
+                                         kind="batch_errored")
             else:  # expired, canceled: not processed, resubmit
-                yield row.custom_id, None
+                yield key, None
+
+
+def _tag(our_id: str) -> str:
+    return our_id.removeprefix("tbg-")
+
+
+def _tagged(our_id: str, key: str) -> str:
+    """An Anthropic custom_id (at most 64 of ``[a-zA-Z0-9_-]``) that carries our batch id and
+    the whole request key: the key's sha256 bytes in base64url take 43 characters."""
+    packed = base64.urlsafe_b64encode(bytes.fromhex(key)).rstrip(b"=").decode()
+    return f"{_tag(our_id)}-{packed}"
+
+
+def _batch_of(custom_id: str) -> str | None:
+    tag, sep, packed = custom_id.partition("-")
+    return tag if sep and len(packed) == 43 else None
+
+
+def _request_key(custom_id: str) -> str:
+    """The request key a custom_id carries (one sent before custom_ids were tagged is the
+    key itself)."""
+    if _batch_of(custom_id) is None:
+        return custom_id
+    try:
+        return base64.urlsafe_b64decode(custom_id.partition("-")[2] + "=").hex()
+    except ValueError:
+        return custom_id
 
 
 BACKENDS: dict[str, type[BatchBackend]] = {"openai": OpenAIBatches, "anthropic": AnthropicBatches}
@@ -240,8 +291,10 @@ class BatchRunner:
         in_batches = {k for b in self.store.batches(ACTIVE) for k in b["keys"]}
         await self._submit([r for k, r in requests.items() if k not in in_batches])
         while not self._stop:
+            freed = await self._recover()  # a batch that may be ours has ended since
+            await self._submit([requests[k] for k in freed if k in requests])
             active = self.store.batches(("submitted",))
-            if not active:
+            if not active and not self.store.batches(("preparing",)):
                 break
             for b in active:
                 state = await self._poll(b)
@@ -252,7 +305,7 @@ class BatchRunner:
                     continue
                 missing = await self._collect(b, requests)
                 await self._submit(self._resubmittable(missing))
-            if self.store.batches(("submitted",)):
+            if self.store.batches(ACTIVE):
                 await asyncio.sleep(self.poll_interval)
         return self.stats
 
@@ -276,24 +329,35 @@ class BatchRunner:
             self.stats.done += 1
         return again
 
-    async def _recover(self) -> None:
-        """A batch recorded but without a provider id may or may not have been submitted."""
+    async def _recover(self) -> list[str]:
+        """A batch recorded but without a provider id may or may not have been submitted:
+        found by the id it carries, it is collected; known never submitted, it is marked so
+        and its request keys are returned (to submit); undecided, it stays as it is and
+        its requests wait (the run polls until it can tell)."""
+        freed: list[str] = []
+        known = {b["remote_id"] for b in self.store.batches() if b["remote_id"]}
         for b in self.store.batches(("preparing",)):
             try:
-                remote = await self.backend.find(b["id"], b["created_at"], len(b["keys"]))
+                remote = await self.backend.find(b["id"], b["created_at"], len(b["keys"]),
+                                                 known)
             except ProviderError:
                 raise
             except Exception as e:  # noqa: BLE001 - SDK errors of either provider
                 raise ProviderError(
                     f"batch {b['id']} was being submitted when the last run stopped, and the"
-                    f" provider's batch list could not be read to find it ({_sdk_error(e)});"
-                    " it is not submitted again until it can be checked"
+                    f" provider's batch list could not be read to find it ({_cause(e)});"
+                    " it is not submitted again until it can be checked: run the same"
+                    " command again"
                 ) from None
+            if remote == UNDECIDED:
+                continue
             if remote:
                 self.store.update_batch(b["id"], status="submitted", remote_id=remote,
                                         detail="recovered after a crash")
             else:
                 self.store.update_batch(b["id"], status="failed", detail="never submitted")
+                freed.extend(b["keys"])
+        return freed
 
     async def _submit(self, pending: list[Request]) -> None:
         chunk: list[dict[str, Any]] = []
@@ -343,7 +407,15 @@ class BatchRunner:
         self.stats.sent += 1
 
     async def _poll(self, b: dict[str, Any]) -> RemoteState:
-        state = await self.backend.poll(b["remote_id"])
+        try:
+            state = await self.backend.poll(b["remote_id"])
+        except ProviderError:
+            raise
+        except Exception as e:  # noqa: BLE001 - SDK errors of either provider
+            raise ProviderError(
+                f"cannot check batch {b['remote_id']} ({_cause(e)}). The batch goes on at the"
+                " provider and its id is stored: run the same command again to collect it",
+                kind="connection") from None
         self.store.update_batch(b["id"], status="submitted", detail=json.dumps(
             {"status": state.status, "counts": state.counts}))
         return state
@@ -432,6 +504,17 @@ def _sdk_error(e: Exception) -> Exception:
     if isinstance(e, ProviderError):
         return e
     return ProviderError(f"batch submission failed: {e}", retryable=True, kind="connection")
+
+
+def _cause(e: Exception) -> str:
+    """One line saying why an SDK call failed: the server's status and message, or the
+    connection's failure and the URL it was for."""
+    status = getattr(e, "status_code", None)
+    if status is not None:
+        return sdk_error_message(e)
+    request = getattr(e, "request", None)
+    url = f" to {request.url}" if request is not None else ""
+    return f"{type(e).__name__}{url}: {e.__cause__ or e}"
 
 
 def describe_batches(store: RunStore) -> list[dict[str, Any]]:

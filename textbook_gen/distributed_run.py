@@ -13,8 +13,10 @@ partitions, and the next command that opens the store takes them in (``plan``, `
 and the rerun all see one run). Curation then reads ``run.sqlite`` as always.
 
 Budget and rate limits are split into shares, not coordinated per request: the shares sum
-to the whole, so the cluster can never spend more than ``--max-cost`` or send faster than
-the limits, and no request waits on a round trip to a coordinator. The price: a worker that
+exactly to the whole (10 over 3 workers: 4, 3, 3), so the cluster can never spend more than
+``--max-cost`` or send faster than the limits, and no request waits on a round trip to a
+coordinator. A worker needs at least one of each limit, so there are never more workers than
+the smallest of ``concurrency`` and the limits the spec sets. The price: a worker that
 spends its share stops while another may have some left (at most one request's worst case
 each, plus whatever the others did not need), and a skewed partition finishes later.
 """
@@ -27,6 +29,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -132,17 +135,49 @@ def _stats_dict(s: GenerationStats) -> dict[str, Any]:
     return {f.name: getattr(s, f.name) for f in fields(s)}
 
 
-def _share(spec: Curriculum, n: int) -> Curriculum:
-    """The spec a worker runs: its share of the concurrency and of every rate limit."""
+SPLIT = ("concurrency", "rpm", "tpm", "input_tpm", "output_tpm")  # engine settings split
+
+
+def part_of(whole: int, n: int, k: int) -> int:
+    """Worker ``k``'s part of ``whole`` over ``n`` workers: the parts sum to ``whole``."""
+    return whole // n + (k < whole % n)
+
+
+def worker_count(spec: Curriculum, requested: int) -> tuple[int, str | None]:
+    """How many workers a run gets: ``requested``, or fewer where a limit of the spec has
+    fewer units than that (a worker with no part of a limit could never send); with the
+    sentence that says so."""
     e = spec.engine
+    limits = {name: getattr(e, name) for name in SPLIT if getattr(e, name) is not None}
+    name, least = min(limits.items(), key=lambda x: x[1])
+    if requested <= least:
+        return requested, None
+    return least, (f"run --ray: {least} workers, not {requested}: engine.{name} is {least}, and"
+                   " each worker needs at least one of it (raise it to use more workers)")
 
-    def part(x: int | None) -> int | None:
-        return None if x is None else max(1, x // n)
 
+def _share(spec: Curriculum, n: int, k: int) -> Curriculum:
+    """The spec worker ``k`` of ``n`` runs: its part of the concurrency and of every rate
+    limit (parts sum to the whole; ``worker_count`` made each at least 1). The budget is
+    handed to each step (``budget_parts``)."""
+    e = spec.engine
+    parts = {name: part_of(getattr(e, name), n, k) for name in SPLIT
+             if getattr(e, name) is not None}
     return spec.model_copy(update={"engine": e.model_copy(update={
-        "concurrency": max(1, math.ceil(e.concurrency / n)), "rpm": part(e.rpm),
-        "tpm": part(e.tpm), "input_tpm": part(e.input_tpm), "output_tpm": part(e.output_tpm),
-        "max_cost_usd": None, "max_total_tokens": None})})
+        **parts, "max_cost_usd": None, "max_total_tokens": None})})
+
+
+def budget_parts(ledger: Ledger, n: int) -> list[tuple[float | None, int | None]]:
+    """What is left of the run's budget (cost, tokens), split over ``n`` workers so that the
+    parts never sum to more than what is left."""
+    tokens = None if ledger.max_tokens is None else max(0, ledger.max_tokens - ledger.tokens)
+    cost = None
+    if ledger.max_cost_usd is not None:
+        left = max(0.0, ledger.max_cost_usd - ledger.spent_usd)
+        cost = left / n
+        while Fraction(cost) * n > Fraction(left):  # a rounding up in the division
+            cost = math.nextafter(cost, 0.0)
+    return [(cost, None if tokens is None else part_of(tokens, n, k)) for k in range(n)]
 
 
 class RayGeneration:
@@ -160,7 +195,7 @@ class RayGeneration:
 
         self.ray = ray
         self.store = store
-        self.n = max(1, workers or cpus)
+        self.n, self.capped = worker_count(spec, max(1, workers or cpus))
         # each worker watches its own answers: a hash of the job id makes them a random share
         # of the run's, so a window of them measures what a window of the whole stream does
         self.stop_on_collapse = spec.watch.enabled and spec.watch.stop
@@ -168,8 +203,8 @@ class RayGeneration:
         self.alarms_seen = [0] * self.n
         # threaded: stats() and stop() answer while run() works
         actor: Any = ray.remote(max_concurrency=4, max_restarts=0)(_Worker)  # type: ignore[call-overload]
-        share = _share(spec, self.n)
-        self.actors = [actor.remote(share, str(partition_path(store.path.parent, k)),
+        self.actors = [actor.remote(_share(spec, self.n, k),
+                                    str(partition_path(store.path.parent, k)),
                                     str(store.path), retry_base_delay, rate_window, self.n)
                        for k in range(self.n)]
 
@@ -184,13 +219,12 @@ class RayGeneration:
         shares: list[list[WorkItem]] = [[] for _ in range(self.n)]
         for item in items:  # rendering prompts is the driver's: the spec's files are here
             shares[partition_of(item.job_id, self.n)].append(item)
+        if self.capped is not None:
+            progress.message(self.capped)
+            self.capped = None  # said once, at the first step
         self.store.checkpoint()  # what the workers read beneath their partitions: one file
-        cost = (None if ledger.max_cost_usd is None else
-                max(0.0, ledger.max_cost_usd - ledger.spent_usd) / self.n)
-        tokens = (None if ledger.max_tokens is None else
-                  max(0, ledger.max_tokens - ledger.tokens) // self.n)
-        refs = [a.run.remote(share, stage, cost, tokens)
-                for a, share in zip(self.actors, shares, strict=True)]
+        refs = [a.run.remote(share, stage, cost, tokens) for a, share, (cost, tokens)
+                in zip(self.actors, shares, budget_parts(ledger, self.n), strict=True)]
         live = GenerationStats(total=count)
         results: list[Any] = []
         try:

@@ -11,6 +11,8 @@ import asyncio
 import time
 from collections import deque
 
+from textbook_gen.errors import ConfigError
+
 
 class SlidingWindow:
     """At most ``limit`` units in any ``window`` seconds."""
@@ -93,12 +95,20 @@ class RateLimiter:
 
     def tighten(self, *, rpm: int | None = None, tpm: int | None = None,
                 input_tpm: int | None = None, output_tpm: int | None = None) -> None:
-        """Lower (never raise) limits to what the server reports (this sender's part)."""
+        """Lower (never raise) limits to what the server reports: this sender's part, the
+        floor of an equal split, so the parts of ``share`` senders sum to at most the limit.
+        A limit smaller than ``share`` leaves some sender none: that stops the run."""
         for attr, value in (("requests", rpm), ("tokens", tpm), ("input_tokens", input_tpm),
                             ("output_tokens", output_tpm)):
             if not value:
                 continue
-            value = max(1, value // self.share)
+            raw, what = value, attr.replace("_", " ")
+            value = value // self.share  # the parts of the senders sum to at most the limit
+            if value == 0:
+                raise ConfigError(
+                    f"the provider reports a limit of {raw} {what} a minute for this account,"
+                    f" fewer than the {self.share} Ray workers sending on it, so some would have"
+                    f" none: run with --workers {raw} or fewer")
             current = getattr(self, attr)
             if current is None:
                 setattr(self, attr, SlidingWindow(value, self.window))

@@ -88,6 +88,11 @@ def _request_op(req: Request, now: float) -> Op:
     return ("request", (req.key, req.canonical_json(), now))
 
 
+def _fail(fut: concurrent.futures.Future[None], error: BaseException) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # failed already
+        fut.set_exception(error)
+
+
 class _Writer(threading.Thread):
     """Commits queued operations in groups; resolves each operation's future once durable."""
 
@@ -96,9 +101,14 @@ class _Writer(threading.Thread):
         self.store = store
         self.q: queue.Queue[Queued | None] = queue.Queue()
         self.groups = 0
+        self.dead: StoreError | None = None  # why the writer stopped, if it did
 
     def run(self) -> None:
-        db = self.store._connect()
+        try:
+            db = self.store._connect()
+        except BaseException as e:  # noqa: BLE001 - carried by every future and by commit()
+            self._die(e)
+            return
         try:
             while True:
                 first = self.q.get()
@@ -115,31 +125,77 @@ class _Writer(threading.Thread):
                         stop = True
                         break
                     group.append(nxt)
-                self._commit(db, group)
+                try:
+                    self._commit(db, group)
+                except BaseException as e:  # noqa: BLE001 - carried as above
+                    self._die(e, group)
+                    return
                 if stop:
                     return
         finally:
             db.close()
 
+    def _die(self, e: BaseException, group: list[Queued] | None = None) -> None:
+        """The writer cannot go on: every write queued or still to come fails with the cause,
+        so no caller waits forever on a future nobody will resolve."""
+        error = StoreError(f"{self.store.path}: the run store's writer stopped"
+                           f" ({type(e).__name__}: {e}); what was not committed is not stored."
+                           " Then run the same command again")
+        self.store._error = self.store._error or error
+        self.dead = error
+        pending = [fut for _, fut in group or []]
+        while True:
+            try:
+                item = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                pending.append(item[1])
+        for fut in pending:
+            _fail(fut, error)
+
     def _commit(self, db: sqlite3.Connection, group: list[Queued]) -> None:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for ops, _ in group:
-                for name, args in ops:
-                    db.execute(WRITES[name], args)
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            error = self.store._rescue([op for ops, _ in group for op in ops], e)
-            self.store._error = self.store._error or error
+        error = self._write(db, [op for ops, _ in group for op in ops])
+        if error is None:
+            self.groups += 1
+            for _, fut in group:
+                fut.set_result(None)
+            return
+        if isinstance(error, StoreError):  # SQLite refused the group: all of it was rescued
             for _, fut in group:
                 fut.set_exception(error)
             return
-        self.groups += 1
-        for _, fut in group:
-            fut.set_result(None)
+        # a value SQLite cannot hold (an integer past 64 bits): only the writes that carry it
+        # fail; the others of the group are committed, each job's on its own
+        for ops, fut in group:
+            alone = self._write(db, ops)
+            if alone is None:
+                fut.set_result(None)
+                continue
+            if not isinstance(alone, StoreError):
+                alone = self.store._unstorable(ops, alone)
+            self.store._error = self.store._error or alone
+            fut.set_exception(alone)
+
+    def _write(self, db: sqlite3.Connection, ops: list[Op]) -> Exception | None:
+        """Commit ``ops`` in one transaction. None when durable; a ``StoreError`` when SQLite
+        refused them (they are in the rescue file); any other exception: a value in them
+        SQLite cannot take (nothing written, nothing rescued: replaying it would fail too)."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for name, args in ops:
+                db.execute(WRITES[name], args)
+            db.execute("COMMIT")
+            return None
+        except Exception as e:  # noqa: BLE001 - returned to _commit, which fails the futures
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if not isinstance(e, sqlite3.Error):
+                return e
+            error = self.store._rescue(ops, e)
+            self.store._error = self.store._error or error
+            return error
 
 
 class RunStore:
@@ -169,9 +225,11 @@ class RunStore:
         self._last: concurrent.futures.Future[None] | None = None
         self._error: StoreError | None = None  # the first write that could not be committed
         self._rescued = 0
+        self.replayed = 0  # answers loaded from rescue files (this store's and partitions')
         # only the run that owns the directory loads saved answers; readers (plan) do not write
         try:
-            self.replayed = self._replay_rescues() if exclusive else 0
+            if exclusive:
+                self._replay_rescues()
             self.absorbed = (0 if not partitions else self.absorb_partitions() if exclusive
                              else self._absorb_if_idle())
         except StoreError:
@@ -240,7 +298,12 @@ class RunStore:
             self._writer.start()
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._last = fut
+        if self._writer.dead is not None:
+            fut.set_exception(self._writer.dead)
+            return fut
         self._writer.q.put((ops, fut))
+        if self._writer.dead is not None:  # it died as this was queued
+            _fail(fut, self._writer.dead)
         return fut
 
     def commit(self) -> None:
@@ -292,33 +355,53 @@ class RunStore:
                 " by the next run") if self._rescued else ""
         return StoreError(f"{why}{kept}. Then run the same command again.")
 
+    def _unstorable(self, ops: list[Op], cause: Exception) -> StoreError:
+        """Called by the writer thread with a job's writes that hold a value SQLite cannot
+        store (an integer past 64 bits): neither the store nor a rescue file can keep them
+        (a replay would fail the same way), so the run stops and names them."""
+        what = next((f"the answer to request {args[0][:12]}" for name, args in ops
+                     if name == "response"), None) or next(
+            (f"the {name} write" for name, _ in ops if name != "request"), "a write")
+        return StoreError(
+            f"{self.path}: cannot store {what}: {cause} ({type(cause).__name__}): a value in"
+            " it (such as a usage count the provider reported) is out of SQLite's range. It is"
+            " not kept, and the run stops; a rerun requests it again")
+
     def _replay_rescues(self) -> int:
-        """Load rescue files left by an earlier run into the store, then remove them."""
-        replayed = 0
-        for rescue in sorted(self.path.parent.glob(f"{self.path.name}.rescue-*.jsonl")):
-            ops: list[Op] = []
-            with open(rescue, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        name, args = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut short by the crash that left this file
-                    if name in WRITES:
-                        ops.append((name, tuple(args)))
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
-                for name, args in ops:
-                    self.db.execute(WRITES[name], args)
-                self.db.execute("COMMIT")
-            except sqlite3.Error as e:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise StoreError(f"{rescue}: cannot load saved answers into the store: "
-                                 f"{explain_sqlite(self.path, e, busy_timeout=self.busy_timeout)}"
-                                 ) from None
-            replayed += sum(1 for name, _ in ops if name == "response")
-            rescue.unlink()
-        return replayed
+        """Load the rescue files an earlier run left beside this store into it."""
+        return sum(self._replay(r) for r in self._rescues_of(self.path))
+
+    @staticmethod
+    def _rescues_of(store: Path) -> list[Path]:
+        return sorted(store.parent.glob(f"{store.name}.rescue-*.jsonl"))
+
+    def _replay(self, rescue: Path) -> int:
+        """Commit the writes of one rescue file (this store's, or a Ray worker partition's)
+        into this store in one transaction, then remove the file. Returns the answers."""
+        ops: list[Op] = []
+        with open(rescue, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    name, args = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by the crash that left this file
+                if name in WRITES:
+                    ops.append((name, tuple(args)))
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            for name, args in ops:
+                self.db.execute(WRITES[name], args)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise StoreError(f"{rescue}: cannot load saved answers into the store: "
+                             f"{explain_sqlite(self.path, e, busy_timeout=self.busy_timeout)}"
+                             ) from None
+        rescue.unlink()
+        answers = sum(1 for name, _ in ops if name == "response")
+        self.replayed += answers
+        return answers
 
     def checkpoint(self) -> None:
         """Every committed write into the database file itself (the WAL emptied), so that a
@@ -333,7 +416,12 @@ class RunStore:
 
     # -- partitions: the stores Ray workers wrote (textbook_gen/distributed_run.py)
     def partitions(self) -> list[Path]:
-        return sorted(self.path.parent.glob(PARTITION_GLOB))
+        """The partitions beside this store, and those of which only a rescue file is left
+        (its worker's writes that could not be committed)."""
+        found = {p.name for p in self.path.parent.glob(PARTITION_GLOB)}
+        found |= {r.name.split(".rescue-")[0]
+                  for r in self.path.parent.glob(PARTITION_GLOB + ".rescue-*.jsonl")}
+        return [self.path.parent / name for name in sorted(found)]
 
     def _absorb_if_idle(self) -> int:
         """A reader takes in partitions only while no run owns the directory (a killed Ray
@@ -355,9 +443,11 @@ class RunStore:
             self._lock_fd = None
 
     def absorb_partitions(self) -> int:
-        """Take the answers of every partition no worker holds into this store, then remove
-        the partition. Idempotent: a crash between the two takes nothing in twice. An ok
-        answer is never replaced by a failure. Returns the answers taken in."""
+        """Take the answers of every partition no worker holds into this store and remove
+        it; then the writes its worker could not commit (its rescue files, newer than what
+        it committed). Idempotent: a crash between the steps takes nothing in twice. An ok
+        answer is never replaced by a failure. Returns the answers taken in (those of
+        rescue files are counted in ``replayed``)."""
         import fcntl
 
         taken = 0
@@ -369,9 +459,14 @@ class RunStore:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # a live worker's
-                taken += self._absorb(part)
+                if part.exists():
+                    taken += self._absorb(part)
                 for extra in ("", "-wal", "-shm", "-journal"):
                     part.with_name(part.name + extra).unlink(missing_ok=True)
+                # after the partition is gone, so that a crash here never takes its older
+                # writes in over these: the file names the partition until it is replayed
+                for rescue in self._rescues_of(part):
+                    self._replay(rescue)
                 lock.unlink(missing_ok=True)
             finally:
                 os.close(fd)
