@@ -58,3 +58,29 @@ def test_report_is_written_for_a_curate_output_too(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (run / "report.html").read_text()
     assert "once upon a" in page and "No run store here" in page and "too_short" in page
+
+
+def test_stats_measure_the_models_words_not_the_answer_start_its_template_wrote(
+        fake_api, api_env, write_spec, tmp_path):
+    """The template writes each answer's first line (answer_start, continued by the model):
+    that line is the template's, so it is no opening of the model's."""
+    from conftest import SMALL_SPEC
+
+    from textbook_gen.run import Overrides, apply_overrides, run_curriculum
+    from textbook_gen.spec import load_curriculum
+
+    spec = SMALL_SPEC.replace("provider: openai", "provider: anthropic").replace(
+        "name: gpt-4o-mini", "name: claude-haiku-4-5").replace(
+        "[counting, {name: fractions, weight: 2}]", "[counting, fractions, sums, shapes]")
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "chapter.md.j2").write_text(
+        "Write a page about {{ topic }} for {{ audience }}.\n"
+        "{% set answer_start %}In this lesson we study {{ topic }}.\n\n{% endset %}\n")
+    path = write_spec(spec + "templates: tpl\n")
+    s = apply_overrides(load_curriculum(path), Overrides(base_url=[fake_api.url]))
+    run_curriculum(s, out_dir=tmp_path / "out", retry_base_delay=0.01)
+    [chapters] = corpus_stats(tmp_path / "out").diversity
+    assert chapters.documents == 8
+    assert all(not o.startswith("in this lesson") for o, _ in chapters.openings.top)
+    assert chapters.openings.top_share < 0.5

@@ -149,7 +149,8 @@ class Loop:
         for job, loop in self.jobs():
             found = self.store.job_answer(job.id)
             if found is not None and found[0].status == "ok":
-                yield record_for(self.spec, job, found[0], self.renderer, found[1], loop)
+                yield record_for(self.spec, job, found[0], self.renderer, found[1], loop,
+                                 answer_start_chars=found[2])
 
     def job_failures(self) -> list[tuple[str, str, str]]:
         """(job id, kind, reason) of every issued job that did not end with an answer."""

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -58,6 +58,14 @@ def reservoir(items: Iterable[T], size: int = SAMPLE, seed: int = 0) -> list[T]:
     for item in items:
         r.add(item)
     return r.items
+
+
+def model_text(record: dict[str, Any]) -> str:
+    """What the model wrote: a record's text without the answer start its template wrote
+    (``provenance.answer_start_chars``), which says nothing of the model's diversity."""
+    text = str(record.get("text", ""))
+    start = (record.get("provenance") or {}).get("answer_start_chars") or 0
+    return text[start:] if isinstance(start, int) else text
 
 
 # ----------------------------------------------------------------------------- openings

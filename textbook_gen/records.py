@@ -23,11 +23,14 @@ LOOP_FIELDS = ("sample", "n", "cell", "target", "candidate", "revision", "revisi
 
 
 def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: PromptRenderer,
-               params: dict[str, Any], loop: dict[str, Any] | None = None) -> dict[str, Any]:
+               params: dict[str, Any], loop: dict[str, Any] | None = None, *,
+               answer_start_chars: int = 0) -> dict[str, Any]:
     """``params``: those of the request as it was sent (after a truncation retry, its own).
     ``loop``: where the record stands in the closed loop (``LOOP_FIELDS``): its sample and
     cell, which candidate or revision it is, what it revised and the critique it answered, and
-    the key of the sample's own prompt (the ``prompt`` of a preference pair)."""
+    the key of the sample's own prompt (the ``prompt`` of a preference pair).
+    ``answer_start_chars``: how much of the text the template wrote (``answer_start``), which
+    measures of the model's writing leave out (``measures.model_text``)."""
     params = {k: params.get(k) for k in PARAMS}  # one set of keys: one schema for every shard
     chain = {k: (loop or {}).get(k) for k in LOOP_FIELDS}
     chain.update(sample=job.sample_id, n=job.sample, cell=job.cell, candidate=job.candidate,
@@ -56,6 +59,7 @@ def record_for(spec: Curriculum, job: Job, resp: StoredResponse, renderer: Promp
             "seed_document": renderer.seed_provenance(job),
             "response_id": resp.response_id,
             "finish_reason": resp.finish_reason,
+            "answer_start_chars": answer_start_chars,
             "usage": {"input": resp.input_tokens, "output": resp.output_tokens},
             "cost_usd": None if resp.cost is None else round(resp.cost, 8),  # None: unknown
             "batch_id": resp.batch_id,

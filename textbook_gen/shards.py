@@ -170,6 +170,7 @@ KNOWN_TYPES = {
     "provenance.params.temperature": "float64", "provenance.params.max_tokens": "int64",
     "provenance.params.top_p": "float64", "provenance.params.truncation_retry": "int64",
     "provenance.seed": "int64", "provenance.cost_usd": "float64",
+    "provenance.answer_start_chars": "int64",
     "provenance.usage.input": "int64", "provenance.usage.output": "int64",
     "provenance.loop.n": "int64", "provenance.loop.target": "int64",
     "provenance.loop.candidate": "int64", "provenance.loop.revision": "int64",

@@ -85,7 +85,7 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
     for r in iter_records(run_dir):
         kind = str(r.get("kind") or "-")
         coverage[(_place(r), kind)]["kept"] += 1
-        text = str(r.get("text", ""))
+        text = measures.model_text(r)  # the model's writing, not the answer start its template wrote
         by_kind[kind].add(text)
         if r.get("audience"):
             by_audience[str(r["audience"])].add(text)

@@ -567,9 +567,10 @@ class RunStore:
         found = self.job_answer(job_id)
         return found[0] if found else None
 
-    def job_answer(self, job_id: str) -> tuple[StoredResponse, dict[str, Any]] | None:
-        """A job's last response and the parameters of the request as it was sent, in one
-        query (records need both)."""
+    def job_answer(self, job_id: str) -> tuple[StoredResponse, dict[str, Any], int] | None:
+        """A job's last response, the parameters of the request as it was sent, and how many
+        leading characters of the answer the template wrote (its answer start), in one query
+        (records need all three)."""
         row = self.db.execute(
             f"SELECT {', '.join('r.' + c for c in StoredResponse.__dataclass_fields__)}, q.body"
             " FROM jobs j JOIN responses r ON r.key = j.request_key"
@@ -578,8 +579,10 @@ class RunStore:
         ).fetchone()
         if row is None:
             return None
-        params = dict(json.loads(row[-1])["params"]) if row[-1] else {}
-        return StoredResponse(*row[:-1]), params
+        body = json.loads(row[-1]) if row[-1] else {}
+        messages = body.get("messages") or [{}]
+        start = messages[-1].get("content") or "" if messages[-1].get("role") == "assistant" else ""
+        return StoredResponse(*row[:-1]), dict(body.get("params") or {}), len(start)
 
     def answered_jobs(self) -> int:
         """Jobs of any spec run in this store whose last request has an answer."""
