@@ -320,6 +320,11 @@ class FakeAPI:
     def pending_faults(self) -> int:
         return len(self._faults)
 
+    def clear_faults(self) -> None:
+        """Drop the scripted faults no request has taken yet."""
+        with self._lock:
+            self._faults.clear()
+
     # ------------------------------------------------------------------ HTTP plumbing
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
