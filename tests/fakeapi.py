@@ -214,6 +214,7 @@ class FakeAPI:
         self._window: collections.deque[tuple[float, int]] = collections.deque()
         self._window_tokens = 0
         self._expire_next: int | None = None
+        self._expire_times = 0
         self._fail_next = False
         self.in_flight = 0  # generation requests being answered now
         self.max_in_flight = 0
@@ -294,10 +295,11 @@ class FakeAPI:
         with self._lock:
             self._faults.extend(norm)
 
-    def expire_next_batch(self, complete: int) -> None:
-        """The next batch (either protocol) ends expired, with results for its first lines only."""
+    def expire_next_batch(self, complete: int, times: int = 1) -> None:
+        """The next ``times`` batches (either protocol) end expired, with results for their
+        first ``complete`` lines only."""
         with self._lock:
-            self._expire_next = complete
+            self._expire_next, self._expire_times = complete, times
 
     def fail_next_batch(self) -> None:
         """The next OpenAI batch created fails validation as a whole (status ``failed``)."""
@@ -643,7 +645,10 @@ class FakeAPI:
     # ------------------------------------------------------------------ OpenAI batches
     def _take_expiry(self) -> int | None:
         with self._lock:
-            k, self._expire_next = self._expire_next, None
+            k = self._expire_next
+            self._expire_times -= 1
+            if self._expire_times <= 0:
+                self._expire_next = None
         return k
 
     def _list(self, batches: dict[str, dict], query: str, anthropic: bool) -> tuple:

@@ -222,3 +222,33 @@ def _wait_until(predicate):
     from conftest import wait_for
 
     wait_for(predicate)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_batch_answer_billed_without_text_is_charged(api_env, write_spec, tmp_path, provider):
+    with FakeAPI(batch_complete_after=0.1, responder=lambda body: "") as server:
+        path = write_spec(SMALL_SPEC if provider == "openai" else ANTHROPIC_SPEC)
+        result = run_curriculum(_spec(path, server, provider), out_dir=tmp_path / "b",
+                                batch=True, poll_interval=0.05)
+    assert result.records == 0 and len(result.failed) == 6
+    assert {f[1] for f in result.failed} == {"empty"}
+    with RunStore(tmp_path / "b" / "run.sqlite") as store:
+        billed = store.db.execute("SELECT SUM(input_tokens), SUM(cost_usd) FROM responses"
+                                  " WHERE status = 'failed'").fetchone()
+    published = {"openai": 0.15, "anthropic": 1.00}[provider]  # input, USD per million
+    assert billed[0] > 0
+    assert billed[1] == pytest.approx(billed[0] * published / 1e6 / 2)  # at batch price
+    assert result.ledger.spent_usd == pytest.approx(billed[1])
+
+
+def test_a_request_no_batch_processed_releases_its_hold(batch_api, api_env, write_spec,
+                                                        tmp_path):
+    from textbook_gen.batch import MAX_SUBMISSIONS
+
+    batch_api.expire_next_batch(0, times=MAX_SUBMISSIONS)
+    spec = apply_overrides(load_curriculum(write_spec()),
+                           Overrides(base_url=[f"{batch_api.url}/v1"], max_cost_usd=1.0))
+    result = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    assert {f[1] for f in result.failed} == {"batch_expired"} and len(result.failed) == 6
+    assert result.ledger.reserved_usd == pytest.approx(0.0)
+    assert result.ledger.reserved_tokens == 0

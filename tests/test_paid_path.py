@@ -281,3 +281,13 @@ def test_a_judge_call_that_failed_is_a_failed_job(api_env, write_spec, tmp_path)
     assert len(judge_failures) == 1 and judge_failures[0][1] == "judge_failed"
     rejects = [r for r in read_rejects(tmp_path / "out") if r["rejected"]["stage"] == "judge"]
     assert [r["rejected"]["reason"] for r in rejects] == ["judge_failed"]
+
+
+def test_a_run_that_ends_on_an_error_records_how_it_ended(fake_api, api_env, write_spec,
+                                                          tmp_path):
+    fake_api.script("401")
+    with pytest.raises(FatalProviderError):
+        _run(write_spec(EIGHT_JOBS), fake_api.url, tmp_path)
+    with RunStore(tmp_path / "out" / "run.sqlite") as store:
+        statuses = [r[0] for r in store.db.execute("SELECT status FROM runs")]
+    assert statuses == ["error: FatalProviderError"]
