@@ -191,10 +191,13 @@ def test_ray_run_passes_on_the_collapse_watch_and_stops_every_worker_on_it(write
 
     from textbook_gen.distributed_run import partition_of
     from textbook_gen.expand import jobs
+    from textbook_gen.prompts import PromptRenderer
     from textbook_gen.spec import load_curriculum
 
     spec = write_spec(RUN_SPEC)  # 80 jobs, concurrency 2 (one a worker), window 40, 10 answers
-    worker = {(j.topic, j.audience): partition_of(j.id, 2) for j in jobs(load_curriculum(spec))}
+    curriculum = load_curriculum(spec)
+    render = PromptRenderer(curriculum).render
+    worker = {(j.topic, j.audience): partition_of(render(j).key, 2) for j in jobs(curriculum)}
     assert sorted(set(worker.values())) == [0, 1]
     on_one = sum(worker.values())
     rng = random.Random(4)

@@ -352,7 +352,7 @@ def run(
     ray: Annotated[str | None, typer.Option(
         "--ray", metavar="ADDRESS", help="Generate on a Ray cluster: its address (host:port "
         "or ray://host:port), auto (the cluster `ray start` started here), or local (a "
-        "throwaway cluster on this machine). Jobs are split by a hash of their id; each "
+        "throwaway cluster on this machine). Jobs are split by a hash of their request; each "
         "worker has its own engine, store partition and share of the rate limits and budget. "
         "Needs the ray extra.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,

@@ -1,6 +1,7 @@
 """``textbook-gen run --ray ADDRESS --workers N``: generation spread over a Ray cluster.
 
-Jobs are partitioned by a stable hash of their id. Each Ray worker is an actor with its own
+Jobs are partitioned by a stable hash of their request's key (jobs that send the same request
+meet in one engine, which sends it once). Each Ray worker is an actor with its own
 engine (its own connection pool), its share of the rate limits and of what is left of the
 budget, and its own store partition, ``run-part-NNN.sqlite`` in the run directory, written
 as durably as ``run.sqlite`` (each answer is committed before the worker takes its next
@@ -44,9 +45,11 @@ from textbook_gen.watch import Alarm
 STOP_ORDER = ("fatal", "collapse", "budget", "interrupted")  # the stop a run reports first
 
 
-def partition_of(job_id: str, n: int) -> int:
-    """The worker of a job: a stable hash of its id (the same on every machine and run)."""
-    return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(), "big") % n
+def partition_of(request_key: str, n: int) -> int:
+    """The worker of a job: a stable hash of its request's key (the same on every machine and
+    run), so jobs that send the same request meet in one engine, which sends it once."""
+    return int.from_bytes(hashlib.blake2b(request_key.encode(), digest_size=8).digest(),
+                          "big") % n
 
 
 def partition_path(run_dir: Path, k: int) -> Path:
@@ -218,7 +221,7 @@ class RayGeneration:
         """Bring the step's jobs to an end state in the store, on the cluster."""
         shares: list[list[WorkItem]] = [[] for _ in range(self.n)]
         for item in items:  # rendering prompts is the driver's: the spec's files are here
-            shares[partition_of(item.job_id, self.n)].append(item)
+            shares[partition_of(item.request.key, self.n)].append(item)
         if self.capped is not None:
             progress.message(self.capped)
             self.capped = None  # said once, at the first step
