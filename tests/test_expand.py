@@ -122,3 +122,34 @@ def test_job_at_finds_every_job_by_index(tmp_path):
     spec = load_curriculum(path)
     every = list(expand(spec))
     assert [job_at(spec, i) for i in range(len(every))] == every
+
+
+WIDE = """\
+name: wide
+description: one cell, many samples, a template that uses neither sample nor job_id.
+seed: 5
+model: {provider: openai, name: gpt-4o-mini, max_tokens: 200}
+audiences: [children]
+subjects:
+  - name: Numbers
+    topics: [counting]
+documents:
+  - {kind: chapter, template: chapter.md.j2, per: [topic], samples: 60000}
+"""
+
+
+def test_two_samples_of_a_large_cell_never_share_a_request(write_spec):
+    """With 32-bit seeds, samples 43,461 and 56,079 of this cell drew the same seed, so the
+    same prompt and the same request: one stored answer served both. New stores use 63-bit
+    seeds; a store made before keeps its 32-bit seeds (nothing stored is paid again)."""
+    from textbook_gen.expand import job_at
+    from textbook_gen.prompts import PromptRenderer
+    from textbook_gen.spec import load_curriculum
+
+    spec = load_curriculum(write_spec(WIDE))
+    render = PromptRenderer(spec).render
+    old = [render(job_at(spec, i, "names")) for i in (43461, 56079)]
+    assert old[0].key == old[1].key  # what the 32-bit seeds of older stores do
+    new = [render(job_at(spec, i)) for i in (43461, 56079)]
+    assert new[0].key != new[1].key
+    assert new[0].param["seed"] >= 2**32 or new[1].param["seed"] >= 2**32

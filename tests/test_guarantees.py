@@ -268,6 +268,45 @@ def test_a_store_made_before_name_ids_keeps_its_ids_and_pays_nothing_again(
     assert ids[0] == "tiny/numbers/counting/chapter/a0-n0"  # old ids, old seeds
 
 
+def test_a_store_made_with_32_bit_seeds_keeps_them_and_pays_nothing_again(
+        fake_api, api_env, write_spec, tmp_path):
+    import json as _json
+
+    from textbook_gen.store import MIGRATIONS
+
+    out = tmp_path / "o"
+    out.mkdir()
+    db = sqlite3.connect(out / "run.sqlite", isolation_level=None)
+    db.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    for name, sql in MIGRATIONS[:4]:  # the schema the release before 63-bit seeds left
+        db.executescript(sql)
+        db.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
+    db.execute("INSERT INTO jobs VALUES ('tiny/chapter/numbers/counting/children/n0', 'k', 0)")
+    db.close()
+    spec = _spec(write_spec(), fake_api.url)
+    run_curriculum(spec, out_dir=out)
+    with RunStore(out / "run.sqlite") as store:
+        assert store.job_identity == "names"
+        seeds = [_json.loads(b)["params"]["seed"]
+                 for (b,) in store.db.execute("SELECT body FROM requests")]
+    assert len(seeds) == 6 and max(seeds) < 2**32
+    run_curriculum(spec, out_dir=out)
+    assert fake_api.count() == 6
+
+
+def test_a_new_store_takes_63_bit_seeds(fake_api, api_env, write_spec, tmp_path):
+    import json as _json
+
+    run_curriculum(_spec(write_spec(), fake_api.url), out_dir=tmp_path / "o")
+    with RunStore(tmp_path / "o" / "run.sqlite") as store:
+        assert store.job_identity == "names64"
+        seeds = [_json.loads(b)["params"]["seed"]
+                 for (b,) in store.db.execute("SELECT body FROM requests")]
+    assert max(seeds) >= 2**32
+    sent = [r.body["seed"] for r in fake_api.requests if isinstance(r.body, dict)]
+    assert len(sent) == 6 and max(sent) < 2**32  # what servers take: 32 bits
+
+
 # ----------------------------------------------------------------------------- outputs
 
 

@@ -27,6 +27,7 @@ from sandbox_helpers import needs_bwrap
 
 from textbook_gen.errors import BudgetExceeded, JudgeUnusable
 from textbook_gen.expand import candidate_job, cells
+from textbook_gen.providers.base import sent_seed
 from textbook_gen.run import Overrides, apply_overrides, plan, run_curriculum
 from textbook_gen.shards import iter_records, read_manifest
 from textbook_gen.spec import load_curriculum
@@ -117,7 +118,7 @@ def test_quotas_are_reached_exactly_where_possible_and_capped_where_not(api_env,
     expected_sent = 0
     for cell in cells(spec):
         jobs = [cell.job(n) for n in range(cell.cap)]
-        passing = [j.id for j in jobs if quality(j.seed, "fractions" * ("fractions" in j.id)) >= 3]
+        passing = [j.id for j in jobs if quality(sent_seed(j.seed), "fractions" * ("fractions" in j.id)) >= 3]
         want = passing[:2]
         # the loop sends samples in order until two pass, or the cap
         sent = (jobs.index(next(j for j in jobs if j.id == want[1])) + 1
@@ -204,7 +205,7 @@ def test_best_of_n_keeps_the_highest_scoring_candidate_and_links_the_others(api_
     for cell in cells(spec):
         sample = cell.job(0)
         answers = [candidate_job(sample, k) for k in range(3)]
-        scores = {j.id: quality(j.seed, "fractions" * ("fractions" in j.id)) for j in answers}
+        scores = {j.id: quality(sent_seed(j.seed), "fractions" * ("fractions" in j.id)) for j in answers}
         chosen = [j.id for j in answers if j.id in kept]
         assert len(chosen) == 1, sample.id
         assert scores[chosen[0]] == max(scores.values())
@@ -215,7 +216,7 @@ def test_best_of_n_keeps_the_highest_scoring_candidate_and_links_the_others(api_
                 assert why["reason"] == "not_selected" and why["chosen"] == chosen[0]
         # the candidates answered one prompt, with distinct seeds
         sent = [b for b in bodies if not _is_judge(b) and b.get("seed") in
-                {j.seed for j in answers}]
+                {sent_seed(j.seed) for j in answers}]
         assert len({json.dumps(b["messages"]) for b in sent}) == 1 and len(sent) == 3
 
 
@@ -237,7 +238,7 @@ def test_a_revision_replaces_its_draft_only_when_it_scores_higher(api_env, write
     revisions = 0
     for cell in cells(spec):
         draft = cell.job(0)
-        q = quality(draft.seed, "fractions" * ("fractions" in draft.id))
+        q = quality(sent_seed(draft.seed), "fractions" * ("fractions" in draft.id))
         rev_id = f"{draft.id}/r1"
         if q >= 3:
             assert rev_id not in everything  # good enough: not sent back

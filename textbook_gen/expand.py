@@ -7,8 +7,10 @@ Jobs are yielded lazily so a 100,000-job curriculum never sits in memory at once
 A job's identity comes from the names the user wrote (slugs of subject, topic, audience and
 style, the document kind and the sample number), so adding, removing or reordering values
 changes only the jobs whose prompts change; its seed leaves out the curriculum's name, so a
-rename re-sends nothing either. Run stores made before this keep their position-based ids
-(``identity="positions"``, see ``store.RunStore.job_identity``).
+rename re-sends nothing either. Seeds are 63-bit (``identity="names64"``), so two samples of
+one cell never share a seed, and with it a request, when their prompts are alike. Run stores
+made before keep what they were made with (``store.RunStore.job_identity``): ``"names"``
+(32-bit seeds) or position-based ids (``"positions"``), so reopening one re-sends nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Job:
     cell: str  # the id of the job's cell: kind and coordinates, without the sample
     sample_id: str  # the id of the sample it answers (candidate 0's id)
     sample_seed: int  # the sample's seed: what its candidates and revisions share
+    seed_bits: int = 32  # 63 for run stores of identity "names64"; what derived seeds keep
     candidate: int = 0  # best-of-n: which answer to the sample's prompt (0: the sample's own id)
     revision: int = 0  # self-revision round (the job's template is then the revise template)
 
@@ -55,14 +58,15 @@ def candidate_job(job: Job, k: int) -> Job:
     """Answer ``k`` of best-of-n to the same prompt: the same seed words, another seed."""
     if k == 0:
         return job
-    return replace(job, id=f"{job.sample_id}/c{k}", seed=job_seed(job.seed, f"c{k}"),
-                   candidate=k)
+    return replace(job, id=f"{job.sample_id}/c{k}",
+                   seed=job_seed(job.seed, f"c{k}", job.seed_bits), candidate=k)
 
 
 def revision_job(job: Job, round_: int, template: str) -> Job:
     """Revision ``round_`` of a sample (job: the sample's own job)."""
-    return replace(job, id=f"{job.sample_id}/r{round_}", seed=job_seed(job.seed, f"r{round_}"),
-                   template=template, revision=round_)
+    return replace(job, id=f"{job.sample_id}/r{round_}",
+                   seed=job_seed(job.seed, f"r{round_}", job.seed_bits), template=template,
+                   revision=round_)
 
 
 @cache
@@ -71,11 +75,12 @@ def _word_list() -> tuple[str, ...]:
     return tuple(text.split())
 
 
-def job_seed(curriculum_seed: int, job_id: str) -> int:
+def job_seed(curriculum_seed: int, job_id: str, bits: int = 32) -> int:
     """A seed from a parent seed and a name (the curriculum's seed and a job id, or a job's
-    seed and a candidate or revision)."""
+    seed and a candidate or revision): ``bits`` of its sha256 (63 for new run stores; 32 for
+    those made before, whose stored requests carry them)."""
     digest = hashlib.sha256(f"{curriculum_seed}:{job_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+    return int.from_bytes(digest[:8], "big") >> (64 - bits)
 
 
 def count_jobs(spec: Curriculum) -> int:
@@ -83,10 +88,13 @@ def count_jobs(spec: Curriculum) -> int:
     return spec.job_count()
 
 
-IDENTITIES = ("names", "positions")
+# "names64": ids from names, 63-bit seeds (every new run store); "names": ids from names,
+# 32-bit seeds; "positions": ids from positions, 32-bit seeds (the oldest stores)
+IDENTITIES = ("names64", "names", "positions")
+NEW_IDENTITY = "names64"
 
 
-def expand(spec: Curriculum, identity: str = "names") -> Iterator[Job]:
+def expand(spec: Curriculum, identity: str = NEW_IDENTITY) -> Iterator[Job]:
     """Yield every job, documents entry by entry, in a stable order."""
     if identity not in IDENTITIES:
         raise ValueError(f"unknown job identity {identity!r}")
@@ -94,7 +102,7 @@ def expand(spec: Curriculum, identity: str = "names") -> Iterator[Job]:
         yield from _expand_place(spec, place, identity)
 
 
-def jobs(spec: Curriculum, limit: int | None = None, identity: str = "names") -> Iterator[Job]:
+def jobs(spec: Curriculum, limit: int | None = None, identity: str = NEW_IDENTITY) -> Iterator[Job]:
     """The first ``limit`` jobs (all when None), for ``--limit``."""
     return islice(expand(spec, identity), limit)
 
@@ -169,7 +177,7 @@ class Cell:
                          persona)
 
 
-def cells(spec: Curriculum, limit: int | None = None, identity: str = "names") -> Iterator[Cell]:
+def cells(spec: Curriculum, limit: int | None = None, identity: str = NEW_IDENTITY) -> Iterator[Cell]:
     """Every cell in expansion order; with ``limit``, those the first ``limit`` jobs reach
     (rounded up to whole samples: a sample's candidates go together)."""
     left = limit
@@ -191,7 +199,7 @@ def cells(spec: Curriculum, limit: int | None = None, identity: str = "names") -
                         left -= first * p.doc.candidates
 
 
-def job_at(spec: Curriculum, index: int, identity: str = "names") -> Job:
+def job_at(spec: Curriculum, index: int, identity: str = NEW_IDENTITY) -> Job:
     """The job ``expand`` yields at ``index``, found by arithmetic over the cross product
     (places, then audiences, styles and samples), without enumerating the jobs before it."""
     for p in _places(spec):
@@ -224,7 +232,7 @@ def distinct_jobs(spec: Curriculum) -> Iterator[Job]:
                         axis: Axis = list(enumerate(spec.personas)) or [(None, None)]
                         for pi, persona in axis:
                             yield _make_job(spec, doc, subject, topic, ai, audience, si, style,
-                                            0, "names", pi, persona)
+                                            0, NEW_IDENTITY, pi, persona)
 
 
 def distinct_job_count(spec: Curriculum) -> int:
@@ -243,11 +251,13 @@ def _job_name(spec: Curriculum, place: str, doc: DocumentSpec, ai: int | None,
                   f"p{pi}" if pi is not None else "", f"n{n}"]
         job_id = f"{spec.name}/{place}/{doc.kind}/" + "-".join(c for c in coords if c)
         return job_id, job_seed(spec.seed, job_id), job_id.rsplit("n", 1)[0].rstrip("-")
+    bits = 63 if identity == "names64" else 32
     # kind first: within one kind every id has the same shape, so no two can collide
     parts = [doc.kind, place]
     parts += [slugify(x) for x in (audience, style, persona) if x is not None]
     local = "/".join([*parts, f"n{n}"])
-    return f"{spec.name}/{local}", job_seed(spec.seed, local), f"{spec.name}/" + "/".join(parts)
+    return (f"{spec.name}/{local}", job_seed(spec.seed, local, bits),
+            f"{spec.name}/" + "/".join(parts))
 
 
 def _make_job(
@@ -260,7 +270,7 @@ def _make_job(
     si: int | None,
     style: str | None,
     n: int,
-    identity: str = "names",
+    identity: str = NEW_IDENTITY,
     pi: int | None = None,
     persona: str | None = None,
 ) -> Job:
@@ -295,4 +305,5 @@ def _make_job(
         cell=cell,
         sample_id=job_id,
         sample_seed=seed,
+        seed_bits=63 if identity == "names64" else 32,
     )

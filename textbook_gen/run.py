@@ -24,7 +24,7 @@ from textbook_gen.errors import (
     Interrupted,
     SpecError,
 )
-from textbook_gen.expand import Job, count_jobs, jobs
+from textbook_gen.expand import NEW_IDENTITY, Job, count_jobs, jobs
 from textbook_gen.generator import GenerationStats, Generator, WorkItem, drive
 from textbook_gen.ledger import Ledger
 from textbook_gen.progress import Progress
@@ -270,7 +270,7 @@ def plan(spec: Curriculum, *, limit: int | None = None, show: int = 0,
     if job_count(spec, limit) > PLAN_EXACT:
         return _plan_estimate(spec, renderer, limit, show, store_path)
     store = RunStore(store_path) if store_path.exists() else None
-    identity = store.job_identity if store is not None else "names"
+    identity = store.job_identity if store is not None else NEW_IDENTITY
     t = _Tally(show, seed_of=renderer.seed_provenance)
     stored = 0
     spent = store.totals()["cost_usd"] if store is not None else 0.0  # None: unknown

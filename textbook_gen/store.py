@@ -283,9 +283,10 @@ class RunStore:
 
     @property
     def job_identity(self) -> str:
-        """How job ids are formed in this store: "names" (slugs) or "positions" (legacy)."""
+        """How job ids and seeds are formed in this store (``expand.IDENTITIES``): "names64"
+        (slugs, 63-bit seeds), "names" (slugs, 32-bit seeds) or "positions" (legacy)."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'job_identity'").fetchone()
-        return str(row[0]) if row else "names"
+        return str(row[0]) if row else "names64"
 
     # -- writes: queued to the writer thread; each returns a future resolved once durable
     def _enqueue(self, name: str, args: tuple[Any, ...]) -> concurrent.futures.Future[None]:

@@ -84,6 +84,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE responses ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1;
         """,
     ),
+    (
+        # 63-bit job seeds ("names64"): a store with no job yet takes them; one with jobs keeps
+        # the 32-bit seeds its stored requests carry, so reopening it re-sends nothing.
+        "005_wide_seeds",
+        """
+        UPDATE meta SET value = 'names64' WHERE key = 'job_identity' AND value = 'names'
+            AND NOT EXISTS (SELECT 1 FROM jobs);
+        """,
+    ),
 ]
 
 # Every write the store makes, by name: the rescue file holds (name, args) pairs, never SQL.

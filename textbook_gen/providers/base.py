@@ -72,6 +72,12 @@ class Request:
         return content if role == "assistant" else None
 
 
+def sent_seed(seed: int) -> int:
+    """The seed as a server takes it: llama.cpp and others read 32 bits. The request's
+    identity keeps the whole (63-bit) seed; a 32-bit one is sent as it is."""
+    return seed % 2**32
+
+
 def same_model(asked: str, answered: str) -> bool:
     """Whether a server that answered as ``answered`` ran the model that was asked for: the
     same name, or a dated snapshot or ``-latest`` alias of it (``gpt-4o-mini`` answers as

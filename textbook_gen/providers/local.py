@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from textbook_gen.errors import ConfigError, ProviderError
-from textbook_gen.providers.base import Provider, Request, Response
+from textbook_gen.providers.base import Provider, Request, Response, sent_seed
 from textbook_gen.spec import ModelSettings
 
 BUNDLED = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct.Q4_1.gguf"}
@@ -173,12 +173,13 @@ class LocalProvider(Provider):
     def _complete(self, request: Request) -> Response:
         p = request.param
         started = time.monotonic()
+        seed = None if p.get("seed") is None else sent_seed(p["seed"])
         with self._lock:
             try:
                 text, finish, prompt_tokens, produced = self.backend.chat(
                     [{"role": r, "content": c} for r, c in request.messages],
                     max_tokens=int(p["max_tokens"]), temperature=float(p.get("temperature", 0.8)),
-                    top_p=p.get("top_p"), seed=p.get("seed"), on_token=self.on_token)
+                    top_p=p.get("top_p"), seed=seed, on_token=self.on_token)
             except ValueError as e:  # llama.cpp: prompt longer than the context window
                 raise ProviderError(f"local model: {e} (the prompt and max_tokens must fit in"
                                     f" model.n_ctx = {self.settings.n_ctx})",

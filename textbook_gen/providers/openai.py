@@ -12,6 +12,7 @@ from textbook_gen.providers.base import (
     Response,
     empty_answer,
     parse_reset,
+    sent_seed,
 )
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
@@ -38,9 +39,11 @@ class OpenAIProvider(HTTPProvider):
             body["max_completion_tokens"] = p["max_tokens"]
         else:
             body["max_tokens"] = p["max_tokens"]
-            for name in ("temperature", "top_p", "seed"):
+            for name in ("temperature", "top_p"):
                 if name in p:
                     body[name] = p[name]
+            if "seed" in p:
+                body["seed"] = sent_seed(p["seed"])
         return body
 
     @staticmethod
