@@ -207,8 +207,8 @@ class Engine:
                 self.request_stop("budget")
                 break
             try:
-                await self.limiter.acquire(self.ledger.input_bound(req.model, input_estimate),
-                                           max_out)
+                await self.limiter.acquire(
+                    self.ledger.expected_input(req.model, input_estimate), max_out)
                 resp = await self._attempt(req)
             except ProviderError as e:
                 if e.usage is not None:  # billed, though the answer is unusable
@@ -277,7 +277,8 @@ class Engine:
             self._in_flight[i] -= 1
         self._streak = []
         self._reached = True
-        self._check_model(req, resp)
+        if self.providers[i].endpoint is not None:  # a model in this process is what it is
+            self._check_model(req, resp)
         return resp
 
     def _breaker(self, provider: Provider, e: ProviderError) -> None:

@@ -8,7 +8,8 @@ A job's identity comes from the names the user wrote (slugs of subject, topic, a
 style, the document kind and the sample number), so adding, removing or reordering values
 changes only the jobs whose prompts change; its seed leaves out the curriculum's name, so a
 rename re-sends nothing either. Seeds are 63-bit (``identity="names64"``), so two samples of
-one cell never share a seed, and with it a request, when their prompts are alike. Run stores
+one cell never share a request (and one stored answer) when their prompts are alike; their low
+32 bits are the seed older stores used, what servers are sent and what draws use. Run stores
 made before keep what they were made with (``store.RunStore.job_identity``): ``"names"``
 (32-bit seeds) or position-based ids (``"positions"``), so reopening one re-sends nothing.
 """
@@ -77,10 +78,21 @@ def _word_list() -> tuple[str, ...]:
 
 def job_seed(curriculum_seed: int, job_id: str, bits: int = 32) -> int:
     """A seed from a parent seed and a name (the curriculum's seed and a job id, or a job's
-    seed and a candidate or revision): ``bits`` of its sha256 (63 for new run stores; 32 for
-    those made before, whose stored requests carry them)."""
+    seed and a candidate or revision): the first 4 bytes of its sha256, as run stores made
+    before 63-bit seeds have it; with ``bits`` 63 (new stores), 31 more bits of the same hash
+    above them. The low 32 bits are what a server is sent and what the job draws from
+    (``draw_seed``), so a job's prompt and sampling are the same in both."""
     digest = hashlib.sha256(f"{curriculum_seed}:{job_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> (64 - bits)
+    low = int.from_bytes(digest[:4], "big")
+    if bits == 32:
+        return low
+    return (int.from_bytes(digest[4:8], "big") >> 1) << 32 | low
+
+
+def draw_seed(seed: int) -> int:
+    """What a job's random draws (seed words, axes it does not multiply, persona, seed
+    document) are seeded with: the seed's low 32 bits, the seed servers are sent."""
+    return seed % 2**32
 
 
 def count_jobs(spec: Curriculum) -> int:
@@ -277,9 +289,9 @@ def _make_job(
     place = slugify(subject.name) + (f"/{slugify(topic.name)}" if topic else "")
     job_id, seed, cell = _job_name(spec, place, doc, ai, audience, si, style, n, identity, pi,
                                    persona)
-    rng = random.Random(seed)
+    rng = random.Random(draw_seed(seed))
     if persona is None and spec.personas:  # its own draw: the seed words stay as they were
-        persona = random.Random(seed ^ 0x5EED).choice(spec.personas)
+        persona = random.Random(draw_seed(seed) ^ 0x5EED).choice(spec.personas)
     # Axes the entry does not multiply over are still varied, picked by the job's seed.
     if audience is None:
         audience = rng.choice(spec.audiences)

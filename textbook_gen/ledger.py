@@ -101,6 +101,10 @@ class Ledger:
         ratio = self.ratios.get(model)
         return math.ceil(estimate * (ratio * RATIO_MARGIN if ratio else UNKNOWN_INPUT_RATIO))
 
+    def expected_input(self, model: str, estimate: int) -> int:
+        """Input tokens the provider will most likely count (what rate limits meter)."""
+        return math.ceil(estimate * self.ratios.get(model, 1.0))
+
     def observe(self, model: str, estimate: int, reported: int) -> None:
         """Learn how the model's tokenizer counts from an answer's reported input."""
         if estimate > 0 and reported > 0:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textbook_gen.errors import InputError
+from textbook_gen.expand import draw_seed
 
 if TYPE_CHECKING:
     from textbook_gen.expand import Job
@@ -167,7 +168,7 @@ class SeedIndex:
         return SeedDocument(sid, text, self.source, digest)
 
     def for_job(self, job: Job) -> SeedDocument:
-        rng = random.Random(job.sample_seed ^ 0x5EED5)  # candidates and revisions share it
+        rng = random.Random(draw_seed(job.sample_seed) ^ 0x5EED5)  # candidates and revisions share it
         if self.settings.match == "topic":
             found = self._matches(" ".join((job.topic, job.subject, job.topic_notes)))
             if found:
