@@ -199,7 +199,7 @@ def test_curate_command_rejects_records_without_text(tmp_path):
     corpus.write_text('{"body": "x"}\n')
     proc = subprocess.run([sys.executable, "-m", "textbook_gen", "curate", str(corpus), "--out",
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "no 'text'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no 'text'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def _curate_cli(tmp_path, config):

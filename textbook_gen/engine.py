@@ -242,12 +242,11 @@ class Engine:
                     if self.watch.s.stop:
                         self.request_stop("collapse")
             return "ok"
-        if error is None and not cost:
-            return None  # nothing was sent or billed: the job waits for the next run
-        if error is None or (self._stopping and error.retryable):
-            # stopped between attempts (budget, another job's fatal error): what was billed
-            # is kept; the job is tried again by the next run
-            error = error or ProviderError("stopped before an answer", kind="stopped")
+        if error is None:
+            return None  # stopped before its first attempt: the job waits for the next run
+        # failed for good, or stopped between attempts (the budget, another job's fatal
+        # error): a failure with the last attempt's reason and what the attempts were billed;
+        # a rerun tries it again
         self.stats.cost_usd += cost
         fatal = isinstance(error, FatalProviderError)
         if not fatal:
