@@ -149,17 +149,22 @@ def _crash_after_submit(monkeypatch):
     return lambda: monkeypatch.setattr(store_module.RunStore, "update_batch", real)
 
 
+def _crashed_after_submit(spec, out, monkeypatch) -> None:
+    """A batch run that crashed right after the provider accepted its batch."""
+    restore = _crash_after_submit(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_curriculum(spec, out_dir=out, batch=True, poll_interval=0.05)
+    restore()
+
+
 def test_anthropic_recovery_takes_our_batch_not_another_of_the_same_size(
     batch_api, api_env, write_spec, tmp_path, monkeypatch
 ):
     import anthropic
 
     spec = _spec(write_spec(ANTHROPIC_SPEC), batch_api, "anthropic")
-    restore = _crash_after_submit(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
+    _crashed_after_submit(spec, tmp_path / "b", monkeypatch)
     ours = next(iter(batch_api._an_batches))
-    restore()
     # another run on the account submits a batch of the same size just after ours
     other = anthropic.Anthropic(api_key="sk-test", base_url=batch_api.url)
     other.messages.batches.create(requests=[
@@ -179,10 +184,7 @@ def test_anthropic_recovery_finds_our_batch_when_the_local_clock_was_ahead(
     import sqlite3
 
     spec = _spec(write_spec(ANTHROPIC_SPEC), batch_api, "anthropic")
-    restore = _crash_after_submit(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
-    restore()
+    _crashed_after_submit(spec, tmp_path / "b", monkeypatch)
     db = sqlite3.connect(tmp_path / "b" / "run.sqlite")
     with db:  # the batch was recorded by a clock an hour ahead of the provider's
         db.execute("UPDATE batches SET created_at = created_at + 3600")

@@ -245,19 +245,25 @@ def test_renaming_the_curriculum_resends_nothing(fake_api, api_env, write_spec, 
     assert all(r["id"].startswith("tiny-renamed/") for r in iter_records(tmp_path / "o"))
 
 
-def test_a_store_made_before_name_ids_keeps_its_ids_and_pays_nothing_again(
-        fake_api, api_env, write_spec, tmp_path):
+def _store_of_an_older_release(out, migrations: int, job_id: str):
+    """A run directory whose store has the first ``migrations`` migrations and one job."""
     from textbook_gen.store import MIGRATIONS
 
-    out = tmp_path / "o"
     out.mkdir()
     db = sqlite3.connect(out / "run.sqlite", isolation_level=None)
     db.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    for name, sql in MIGRATIONS[:2]:  # the schema an older textbook-gen left
+    for name, sql in MIGRATIONS[:migrations]:
         db.executescript(sql)
         db.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
-    db.execute("INSERT INTO jobs VALUES ('tiny/numbers/counting/chapter/a0-n0', 'k', 0)")
+    db.execute("INSERT INTO jobs VALUES (?, 'k', 0)", (job_id,))
     db.close()
+    return out
+
+
+def test_a_store_made_before_name_ids_keeps_its_ids_and_pays_nothing_again(
+        fake_api, api_env, write_spec, tmp_path):
+    out = _store_of_an_older_release(tmp_path / "o", 2,
+                                     "tiny/numbers/counting/chapter/a0-n0")
     with RunStore(out / "run.sqlite") as store:
         assert store.job_identity == "positions"
     spec = _spec(write_spec(), fake_api.url)
@@ -272,17 +278,9 @@ def test_a_store_made_with_32_bit_seeds_keeps_them_and_pays_nothing_again(
         fake_api, api_env, write_spec, tmp_path):
     import json as _json
 
-    from textbook_gen.store import MIGRATIONS
-
-    out = tmp_path / "o"
-    out.mkdir()
-    db = sqlite3.connect(out / "run.sqlite", isolation_level=None)
-    db.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-    for name, sql in MIGRATIONS[:4]:  # the schema the release before 63-bit seeds left
-        db.executescript(sql)
-        db.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
-    db.execute("INSERT INTO jobs VALUES ('tiny/chapter/numbers/counting/children/n0', 'k', 0)")
-    db.close()
+    # the schema the release before 63-bit seeds left
+    out = _store_of_an_older_release(tmp_path / "o", 4,
+                                     "tiny/chapter/numbers/counting/children/n0")
     spec = _spec(write_spec(), fake_api.url)
     run_curriculum(spec, out_dir=out)
     with RunStore(out / "run.sqlite") as store:
