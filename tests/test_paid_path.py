@@ -291,3 +291,29 @@ def test_a_run_that_ends_on_an_error_records_how_it_ended(fake_api, api_env, wri
     with RunStore(tmp_path / "out" / "run.sqlite") as store:
         statuses = [r[0] for r in store.db.execute("SELECT status FROM runs")]
     assert statuses == ["error: FatalProviderError"]
+
+
+def test_a_failed_judge_request_is_not_sent_again_by_later_rounds_of_the_loop(
+        api_env, write_spec, tmp_path):
+    from fakeapi import FakeAPI
+
+    failing: list[str] = []
+
+    def one_fails(body):
+        prompt = body["messages"][-1]["content"]
+        if "Educational score" in prompt:
+            failing[:] = failing or [prompt]
+            if prompt == failing[0]:
+                raise RuntimeError("judge model overloaded")
+            return "Clear and correct. Educational score: 4"
+        return None
+
+    looped = JUDGED.replace("per: [topic, audience]}",
+                            "per: [topic, audience], target_kept: 1, max_samples: 3}")
+    with FakeAPI(responder=one_fails) as api:
+        result = _run(write_spec(looped), api.url, tmp_path)
+        tries = [r for r in api.requests if isinstance(r.body, dict)
+                 and r.body["messages"][-1]["content"] == failing[0]]
+    # the loop went round again: the failing document's cell asked for more samples
+    assert any(row["samples"] > 1 for row in result.manifest["coverage"]["grid"])
+    assert len(tries) == 2  # its attempts (max_retries 1) in round 1, none in later rounds

@@ -70,6 +70,7 @@ class Loop:
         self.round = Round(1)
         self.has_targets = any(d.target_kept for d in spec.documents)
         self.verified: Verdicts = {}  # every round curates every answer; exercises run once
+        self.judged: set[str] = set()  # judge requests sent this command: a failure stands
 
     # -- what the spec asks -------------------------------------------------------------
     def cells(self) -> Iterator[Cell]:
@@ -77,7 +78,7 @@ class Loop:
 
     def curation(self) -> LoopCuration:
         return LoopCuration(self.revise.below if self.revise is not None else None,
-                            self.verified)
+                            self.verified, self.judged)
 
     def sent(self, cell: Cell) -> int:
         return self.issued.get(cell.key, cell.first)

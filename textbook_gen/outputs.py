@@ -35,7 +35,8 @@ def curate_stored(spec: Curriculum, store: RunStore, out_dir: Path,
     fmt, per_shard = spec.output.format, spec.output.shard_max_records
     # benchmark files are relative to the spec; with enabled: false curate() keeps everything
     settings = spec.curation.resolve_paths(spec.source_path.parent)
-    judge = (make_judge(spec, store, progress, ledger, pay=pay)
+    judge = (make_judge(spec, store, progress, ledger, pay=pay,
+                        sent=loop.judged if loop is not None else None)
              if settings.enabled and settings.judge.enabled else None)
     extra: list[Any] = []
     seeds = renderer.seeds if renderer is not None else None

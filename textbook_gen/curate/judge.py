@@ -109,11 +109,14 @@ def judge_request(record: dict[str, Any], model: ModelSettings, max_tokens: int)
 
 
 def make_judge(spec: Curriculum, store: RunStore, progress: Progress, ledger: Ledger, *,
-               pay: bool = True) -> Callable[[list[dict[str, Any]]], dict[str, JudgeScore]]:
+               pay: bool = True, sent: set[str] | None = None
+               ) -> Callable[[list[dict[str, Any]]], dict[str, JudgeScore]]:
     """The LLM judge as curation calls it: scores through the generation engine, run store
     and the run's ledger (cached, resumable, inside the run's one budget). With ``pay`` false
     it only reads scores already stored (a run whose budget ran out still writes outputs);
-    documents without one get ``missing="budget"``.
+    documents without one get ``missing="budget"``. ``sent``: the keys of judge requests
+    this command sent already (the closed loop curates every round again): one of them that
+    failed is not sent again, its failure stands until a rerun.
 
     A judge whose first answers mostly carry no score cannot judge: it stops the run with
     ``JudgeUnusable`` instead of rejecting every document as unscored."""
@@ -128,8 +131,14 @@ def make_judge(spec: Curriculum, store: RunStore, progress: Progress, ledger: Le
     def judge(records: list[dict[str, Any]]) -> dict[str, JudgeScore]:
         items = [WorkItem(f"judge:{r['id']}", judge_request(r, judge_spec.model, max_tokens))
                  for r in records]
-        if pay:
-            send_side_stage(judge_spec, store, ledger, items, progress, "judge", "judging")
+        if sent is not None:
+            items_to_send = [i for i in items if i.request.key not in sent]
+            sent.update(i.request.key for i in items)
+        else:
+            items_to_send = items
+        if pay and items_to_send:
+            send_side_stage(judge_spec, store, ledger, items_to_send, progress, "judge",
+                            "judging")
         scores: dict[str, JudgeScore] = {}
         for r, item in zip(records, items, strict=True):
             stored = store.get_response(item.request.key)

@@ -65,6 +65,9 @@ class LoopCuration:
     revise_below: float | None = None
     # verdicts of the exercises checked in earlier rounds: each text's exercises run once
     verified: Verdicts = field(default_factory=dict, compare=False)
+    # the judge's requests sent in earlier rounds: one that failed is not sent again by this
+    # command (its failure stands; a rerun tries it again)
+    judged: set[str] = field(default_factory=set, compare=False)
 
 
 @dataclass(frozen=True)
