@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from textbook_gen import __version__
-from textbook_gen.errors import SpecError, TextbookGenError
+from textbook_gen.errors import ConfigError, SpecError, TextbookGenError
 from textbook_gen.helpformat import App
 
 app = App(
@@ -73,8 +73,6 @@ WorkersOpt = Annotated[int | None, typer.Option(
 
 def _at_least(option: str, value: float | None, minimum: float) -> None:
     if value is not None and value < minimum:
-        from textbook_gen.errors import ConfigError
-
         raise ConfigError(f"{option}: must be at least {minimum:g} (got {value:g})")
 
 
@@ -111,6 +109,10 @@ def validate(spec: SpecArg) -> None:
 
     check_paid_stages(s, keys=False)  # what run refuses before paying, validate refuses too
     _warn_spec(s)
+    try:  # the key belongs to the machine that runs it: said, not refused
+        check_paid_stages(s)
+    except ConfigError as e:
+        err.print(f"[yellow]note[/] run will need: {escape(str(e))}", highlight=False)
     from textbook_gen.expand import distinct_job_count
     from textbook_gen.prompts import CHECK_RENDERS
 
@@ -238,7 +240,6 @@ def export_(
     """Write a corpus as a training job reads it: tokenized shards (datatrove, megatron, llmc,
     npy) or a Hugging Face datasets folder with a dataset card. Streams; memory does not grow
     with the corpus's text."""
-    from textbook_gen.errors import ConfigError
     from textbook_gen.export import Selection, export
 
     w = None
@@ -284,10 +285,7 @@ def grow(
     _at_least("--topics", topics, 1)
     _at_least("--depth", depth, 1)
     if depth > 3:
-        from textbook_gen.errors import ConfigError
-
         raise ConfigError("--depth: at most 3 (each level multiplies the requests)")
-    from textbook_gen.errors import ConfigError
     from textbook_gen.grow import run_grow
     from textbook_gen.run import Overrides, apply_overrides, default_out_dir
     from textbook_gen.ui import make_progress
@@ -438,8 +436,6 @@ def curate(
 
     settings = _curation_settings(config)
     if fmt not in ("jsonl.zst", "jsonl", "parquet"):
-        from textbook_gen.errors import ConfigError
-
         raise ConfigError(f"--format {fmt}: unknown shard format; use jsonl.zst, jsonl or parquet")
     if settings.enabled and settings.verify_code:
         _show_sandbox(settings.verify)
@@ -550,8 +546,6 @@ def _tree(source: Path, dest: Path) -> list[tuple[Path, Path]]:
 def _refuse_overwrite(targets: list[Path], force: bool, instead: str) -> None:
     existing = [t for t in targets if t.exists()]
     if existing and not force:
-        from textbook_gen.errors import ConfigError
-
         shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
         raise ConfigError(f"what would be written already exists ({shown}; {len(existing)}"
                           f" file(s)); nothing was written. {instead}, or add --force to"
