@@ -123,6 +123,32 @@ def test_planted_benchmark_item_is_found(tmp_path, kind):
     assert rejects[0]["rejected"]["reason"] == f"contaminated ({bench.name})"
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "txt"])
+def test_a_contaminated_reject_names_the_file_the_item_and_the_shared_ngram(tmp_path, kind):
+    rng = random.Random(5)
+    texts = [doc(rng) for _ in range(6)]
+    item = ("Return the Number of vowels in a string, counting y as a vowel only when it ends"
+            " the word")
+    texts[2] = texts[2][:300] + " Quiz: " + item + "? " + texts[2][300:]
+    others = ["Sort a list of integers in place using insertion sort and return the list"
+              " afterwards please", "short"]
+    bench = tmp_path / f"bench.{kind}"
+    if kind == "jsonl":
+        rows = [{"task_id": f"Bench/{i}", "prompt": p} for i, p in enumerate([*others, item])]
+        bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        spec: object = {"path": str(bench), "field": "prompt"}
+        where = "Bench/2 (record 3)"
+    else:  # a blank line before the item: its line number, not its position among items
+        bench.write_text(others[0] + "\n\n" + others[1] + "\n" + item + "\n")
+        spec, where = str(bench), "line 4"
+    curate_dir(_records(texts), _settings(decontaminate=[spec]), tmp_path / "o", fmt="jsonl")
+    [reject] = read_rejects(tmp_path / "o")
+    assert reject["id"] == "d2"
+    first13 = " ".join(item.lower().split()[:13])  # as the document has it, lower-cased
+    assert reject["rejected"]["detail"] == (
+        f"{bench.name}: {where} shares the 13-gram {first13!r}")
+
+
 def test_missing_benchmark_file_is_a_clear_error(tmp_path):
     from textbook_gen.errors import ConfigError
 

@@ -79,9 +79,16 @@ def word_hashes(text: str) -> np.ndarray:
 def words_with_lengths(text: str) -> tuple[np.ndarray, np.ndarray]:
     """Word hashes of one text and each word's length in UTF-8 bytes (for the repetition
     rules, which weigh n-grams by their characters)."""
-    data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8)
-    starts, ends, h = _hash_words(data)
+    _, starts, ends, h = word_spans(text)
     return h, ends - starts
+
+
+def word_spans(text: str) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
+    """The lower-cased UTF-8 bytes of a text, and the start and end offsets and hashes of its
+    words in them (to show which words matched)."""
+    low = text.lower().encode("utf-8")
+    starts, ends, h = _hash_words(np.frombuffer(low, dtype=np.uint8))
+    return low, starts, ends, h
 
 
 def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:

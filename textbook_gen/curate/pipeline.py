@@ -250,7 +250,8 @@ class _Curation:
                 hits = new_hits[0]
             if hits:
                 names = self.decontam.count(hits)
-                self._reject(r, "decontaminate", f"contaminated ({', '.join(names)})")
+                self._reject(r, "decontaminate", f"contaminated ({', '.join(names)})",
+                             self.decontam.explain(r.get("text", ""), hits))
                 continue
             c.kept += 1
             out.append(r)
