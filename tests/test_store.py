@@ -167,3 +167,30 @@ def test_usage_past_sqlites_range_stops_the_run_with_one_message(write_spec, tmp
     assert proc.returncode == 1, proc.stderr
     assert "out of SQLite's range" in proc.stderr and "Traceback" not in proc.stderr
     assert "this is a bug" not in proc.stderr
+
+
+def test_a_rescue_file_written_by_the_release_before_is_loaded(tmp_path):
+    """Its answers and failures have the arguments of that release's writes (no billed cost,
+    no cost_known); they are loaded as it meant them, not refused."""
+    import json
+    import time
+
+    a, b = _req("a"), _req("b")
+    with RunStore(tmp_path / "run.sqlite") as store:
+        store.commit()
+    now = time.time()
+    old = [("request", [a.key, a.canonical_json(), now]),
+           ("response", [a.key, "saved", "stop", 3, 4, 0.25, "openai", "m", "id", 0.1, 1, None,
+                         now]),
+           ("link", ["j-a", a.key, now]),
+           ("request", [b.key, b.canonical_json(), now]),
+           ("failure", [b.key, "openai", 2, "http_500", "server error", now])]
+    (tmp_path / "run.sqlite.rescue-99.jsonl").write_text(
+        "".join(json.dumps(op) + "\n" for op in old))
+    with RunStore(tmp_path / "run.sqlite", exclusive=True) as store:
+        assert store.replayed == 1
+        answer = store.job_response("j-a")
+        assert answer.text == "saved" and answer.cost == 0.25
+        failed = store.get_response(b.key)
+        assert failed.status == "failed" and failed.cost == 0.0
+    assert not list(tmp_path.glob("run.sqlite.rescue-*"))

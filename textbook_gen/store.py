@@ -25,7 +25,7 @@ from typing import Any
 
 from textbook_gen.errors import StoreError, TextbookGenError
 from textbook_gen.providers.base import Request, Response
-from textbook_gen.store_schema import MIGRATIONS, WRITES
+from textbook_gen.store_schema import MIGRATIONS, WRITES, as_written_now
 
 __all__ = ["MIGRATIONS", "RunStore", "StoredResponse", "explain_sqlite"]
 PARTITION_GLOB = "run-part-*.sqlite"  # a Ray worker's own store, beside run.sqlite
@@ -387,7 +387,7 @@ class RunStore:
                 except ValueError:
                     continue  # a line cut short by the crash that left this file
                 if name in WRITES:
-                    ops.append((name, tuple(args)))
+                    ops.append((name, as_written_now(name, tuple(args))))
         try:
             self.db.execute("BEGIN IMMEDIATE")
             for name, args in ops:

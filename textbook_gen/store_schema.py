@@ -147,3 +147,17 @@ WRITES: dict[str, str] = {
         " detail=COALESCE(?, detail), updated_at=? WHERE id=?"
     ),
 }
+
+# Rescue files hold (name, args) of the release that wrote them. Writes that took fewer
+# arguments before are completed with what those releases meant: every cost known, and a
+# failure billed nothing (004_cost_known).
+OLDER_ARGS: dict[str, dict[int, tuple[object, ...]]] = {
+    "response": {13: (1,)},
+    "failure": {6: (0, 0, 0.0, 1)},
+}
+
+
+def as_written_now(name: str, args: tuple[object, ...]) -> tuple[object, ...]:
+    """The arguments of a write from a rescue file, as ``WRITES[name]`` takes them now."""
+    return args + OLDER_ARGS.get(name, {}).get(len(args), ())
+
