@@ -194,3 +194,27 @@ def test_a_rescue_file_written_by_the_release_before_is_loaded(tmp_path):
         failed = store.get_response(b.key)
         assert failed.status == "failed" and failed.cost == 0.0
     assert not list(tmp_path.glob("run.sqlite.rescue-*"))
+
+
+def test_a_partition_an_older_release_left_is_taken_in(tmp_path):
+    """A killed `run --ray` of the release before left a partition with that release's
+    schema (no cost_known); the next run takes its answers in."""
+    import time
+
+    a = _req("a")
+    part = sqlite3.connect(tmp_path / "run-part-000.sqlite", isolation_level=None)
+    part.execute("CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    for name, sql in MIGRATIONS[:3]:
+        part.executescript(sql)
+        part.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
+    now = time.time()
+    part.execute("INSERT INTO requests VALUES (?, ?, ?)", (a.key, a.canonical_json(), now))
+    part.execute("INSERT INTO responses (key, status, text, finish_reason, input_tokens,"
+                 " output_tokens, cost_usd, created_at) VALUES (?, 'ok', 'from a worker',"
+                 " 'stop', 3, 4, 0.5, ?)", (a.key, now))
+    part.execute("INSERT INTO jobs VALUES ('j-a', ?, ?)", (a.key, now))
+    part.close()
+    with RunStore(tmp_path / "run.sqlite", exclusive=True) as store:
+        answer = store.job_response("j-a")
+        assert answer.text == "from a worker" and answer.cost == 0.5
+    assert not (tmp_path / "run-part-000.sqlite").exists()

@@ -33,6 +33,7 @@ _ALL_RESPONSE_COLUMNS = ("key", "status", "text", "finish_reason", "input_tokens
                          "output_tokens", "cost_usd", "provider", "model", "response_id",
                          "latency_s", "attempts", "error_kind", "error", "batch_id", "created_at",
                          "cost_known")
+_COLUMN_DEFAULTS = {"cost_known": "1"}  # columns later migrations added, as older rows meant
 
 Op = tuple[str, tuple[Any, ...]]
 Queued = tuple[list[Op], "concurrent.futures.Future[None]"]  # one future for a job's writes
@@ -477,6 +478,10 @@ class RunStore:
         cols = ", ".join(c for c in _ALL_RESPONSE_COLUMNS)
         try:
             self.db.execute("ATTACH DATABASE ? AS part", (str(part),))
+            # a partition an older release's worker left has fewer columns: theirs as meant
+            has = {r[1] for r in self.db.execute("PRAGMA part.table_info(responses)")}
+            source = ", ".join(c if c in has else _COLUMN_DEFAULTS[c]
+                               for c in _ALL_RESPONSE_COLUMNS)
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 n = self.db.execute("SELECT COUNT(*) FROM part.responses WHERE status = 'ok'"
@@ -484,7 +489,7 @@ class RunStore:
                 self.db.execute("INSERT OR IGNORE INTO requests SELECT key, body, created_at"
                                 " FROM part.requests")
                 self.db.execute(
-                    f"INSERT INTO responses ({cols}) SELECT {cols} FROM part.responses WHERE"
+                    f"INSERT INTO responses ({cols}) SELECT {source} FROM part.responses WHERE"
                     f" true ON CONFLICT(key) DO UPDATE SET "
                     + ", ".join(f"{c}=excluded.{c}" for c in _ALL_RESPONSE_COLUMNS if c != "key")
                     + " WHERE responses.status != 'ok'")
