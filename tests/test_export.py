@@ -2,12 +2,16 @@
 to the tokenizer's own, disjoint splits, a deterministic shuffle, mixing weights, and the hf
 folder loaded by ``datasets.load_dataset`` as it is.
 
-Readers: datatrove's own (``datatrove.utils.dataset``) and megatron-core's
-(``megatron.core.datasets.indexed_dataset``) import torch, whose PyPI wheels are CUDA builds of
-several GB, so the readers here are written from their sources: datatrove's TokenizedFile
+Readers: ``datasets.load_dataset`` itself for hf (on a cache under tmp_path: fresh, warm,
+after ``--force``, beside a namesake); OLMo's raw memmap rule (``np.memmap(path, dtype,
+mode="r")``, as its MemMapDataset reads) for olmo; ``np.load`` for npy. datatrove's own
+(``datatrove.utils.dataset``) and megatron-core's (``megatron.core.datasets.indexed_dataset``)
+import torch, whose PyPI wheels are CUDA builds of several GB, so the readers here are
+written from their sources: datatrove's TokenizedFile
 (tokens, uint64 document ends in ``.index``) and megatron-core's _IndexReader (``MMIDIDX``,
 version, dtype code, counts, int32 lengths, int64 pointers, int64 document indices); llm.c's
-header is its ``write_datafile`` (256 int32: magic, version, token count).
+header is its ``write_datafile`` (256 int32: magic, version, token count), and its C
+``dataloader.h`` accepts only magic 20240520 version 1.
 """
 
 from __future__ import annotations
@@ -475,3 +479,24 @@ def test_an_export_leaves_no_spool_behind(run, tok_file, tmp_path, fmt):
                  tokenizer=None if fmt == "hf" else str(tok_file)).out
     left = sorted(p.name for p in out.rglob(".*"))
     assert left == []
+
+
+def test_load_dataset_is_exact_when_a_reexport_has_the_same_mtimes(tmp_path):
+    """A file system whose mtimes are coarse (a second, on some) gives a ``--force`` export
+    soon after the first the same mtimes: the file names, which carry the content's hash, keep
+    ``datasets``'s cache key apart."""
+    import os
+
+    datasets = pytest.importorskip("datasets")
+    cache = str(tmp_path / "hf-cache")
+    first, second = _make_run(tmp_path / "a", 6, "a"), _make_run(tmp_path / "b", 6, "b", seed=2)
+    out = tmp_path / "ds"
+    export([first], out, fmt="hf", shuffle=False)
+    mtimes = [p.stat().st_mtime_ns for p in sorted((out / "data").iterdir())]
+    assert sorted(datasets.load_dataset(str(out), cache_dir=cache)["train"]["id"]) == \
+        sorted(_texts(first))
+    export([second], out, fmt="hf", shuffle=False, force=True)
+    for p, ns in zip(sorted((out / "data").iterdir()), mtimes, strict=True):
+        os.utime(p, ns=(ns, ns))
+    assert sorted(datasets.load_dataset(str(out), cache_dir=cache)["train"]["id"]) == \
+        sorted(_texts(second))

@@ -3,10 +3,11 @@ format: a YAML header (a license placeholder, size category, tags), then how the
 its figures and the known limitations of synthetic text.
 
 The header has no ``configs:`` block, on purpose: ``datasets.load_dataset(folder)`` finds the
-splits from the file names (``data/<split>-NNNNN-of-MMMMM.parquet``) and keys its cache on their
-paths and modification times. With a ``configs:`` block, ``datasets`` (5.2) keys the cache on the
-folder's basename and the ``data_files`` patterns only, so a load after ``export --force``, or of
-another export whose folder has the same basename, returned the rows cached before."""
+splits from the file names (``data/<split>-NNNNN-of-MMMMM-<sha256 prefix>.parquet``) and keys
+its cache on their paths (which name their content) and modification times. With a ``configs:``
+block, ``datasets`` (5.2) keys the cache on the folder's basename and the ``data_files``
+patterns only, so a load after ``export --force``, or of another export whose folder has the
+same basename, returned the rows cached before."""
 
 from __future__ import annotations
 

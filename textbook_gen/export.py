@@ -18,10 +18,11 @@ Token formats (one token file per split, EOS after each document, dtype from the
 - ``npy``: ``<split>/tokens.npy`` (a NumPy array with its NPY header, for ``np.load``; not for
   raw-memmap readers) and ``doc_ends.npy``.
 
-``hf``: ``data/<split>-NNNNN-of-MMMMM.parquet`` and a ``README.md`` dataset card. The card has
-no ``configs:`` block: ``datasets`` finds the splits from the file names and then keys its cache
-on the files' paths and modification times, so a load gives exactly this export's rows (with a
-``configs:`` block it keys the cache on the folder's basename and the patterns only).
+``hf``: ``data/<split>-NNNNN-of-MMMMM-<sha256 prefix>.parquet`` and a ``README.md`` dataset card.
+The card has no ``configs:`` block: ``datasets`` finds the splits from the file names and then
+keys its cache on the files' paths (which name their content) and modification times, so a load
+gives exactly this export's rows (with a ``configs:`` block it keys the cache on the folder's
+basename and the patterns only).
 
 Records stream from the runs' shards; selection (kinds, judge score, verified) and the
 validation split are decided per document from a hash of its id and the seed, so splits are
@@ -401,7 +402,11 @@ def _write_hf(spool: _Spool, order: np.ndarray, split: str, out: Path,
             path = folder / f"{split}-{s:05d}-of-{shards:05d}.parquet"
             with writing(path):
                 pq.write_table(arrow_table(rows), path, compression="zstd")
-            files.append(path)
+            # the name carries the content's hash: datasets keys its cache on the file paths
+            # (and mtimes, whose resolution is the file system's), so a path is one content
+            named = path.with_name(f"{path.stem}-{sha256_file(path)[:16]}.parquet")
+            path.rename(named)
+            files.append(named)
     return files
 
 
