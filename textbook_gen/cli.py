@@ -208,8 +208,9 @@ def export_(
     out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
                                           help="A new folder for the export.")],
     fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT",
-                                     help="datatrove, megatron, llmc, npy (tokens), or hf"
-                                     " (Parquet splits and a dataset card).")] = "hf",
+                                     help="datatrove, megatron, llmc, olmo (raw tokens"
+                                     " for memmap readers), npy (a NumPy array), or hf (Parquet"
+                                     " splits and a dataset card); docs/export.md.")] = "hf",
     tokenizer: Annotated[str | None, typer.Option(
         metavar="TOKENIZER", help="A Hugging Face tokenizer.json, or tiktoken:cl100k_base"
         " (bundled offline).")] = None,
@@ -238,7 +239,7 @@ def export_(
     force: Annotated[bool, typer.Option("--force", help="Replace --out if it holds an export.")] = False,
 ) -> None:
     """Write a corpus as a training job reads it: tokenized shards (datatrove, megatron, llmc,
-    npy) or a Hugging Face datasets folder with a dataset card. Streams; memory does not grow
+    olmo, npy) or a Hugging Face datasets folder with a dataset card. Streams; memory does not grow
     with the corpus's text."""
     from textbook_gen.export import Selection, export
 
@@ -257,6 +258,8 @@ def export_(
         tokens = f", {sp['tokens']:,} tokens" if sp["tokens"] is not None else ""
         err.print(f"[green]exported[/] {name}: {sp['documents']:,} documents{tokens},"
                   f" {len(sp['files'])} file(s)", highlight=False)
+    if result.manifest["token_files"]:
+        err.print(f"read by: {result.manifest['token_files']['read_by']}", highlight=False)
     out.print(str(result.out))
 
 

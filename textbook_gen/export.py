@@ -1,6 +1,7 @@
 """``textbook-gen export``: hand a corpus to a training job as it is.
 
-Token formats (one token file per split, EOS after each document, dtype from the vocabulary):
+Token formats (one token file per split, EOS after each document, dtype from the vocabulary;
+``export.json`` records the dtype written and the reader each format is meant for):
 
 - ``datatrove``: ``<split>/00000_<split>.ds`` (little-endian uint16/uint32 tokens), ``.ds.index``
   (uint64 document ends, in tokens) and ``.ds.metadata`` (``tokenizer|token size``, count):
@@ -8,12 +9,20 @@ Token formats (one token file per split, EOS after each document, dtype from the
 - ``megatron``: ``<split>_text_document.bin`` and ``.idx`` (``MMIDIDX`` index, version 1,
   uint16 below a vocabulary of 65,500 else int32; one sequence per document), as
   megatron-core's IndexedDataset reads;
-- ``llmc``: ``<split>_000000.bin``, a 256 x int32 header (magic 20240520 version 1 for uint16
-  tokens, 20240801 version 7 for uint32) then the tokens, as llm.c's loaders read;
-- ``npy``: ``<split>/tokens.npy`` (a NumPy array, memory-mappable) and ``doc_ends.npy``.
+- ``llmc``: ``<split>_000000.bin``, a 256 x int32 header then the tokens: magic 20240520
+  version 1 for uint16 tokens (GPT-2 style: llm.c's ``dataloader.h`` and ``train_gpt2.py``),
+  20240801 version 7 for uint32 (llama-3 style: only ``train_llama3.py`` reads it;
+  ``dataloader.h`` stops with "Bad magic");
+- ``olmo``: ``<split>/part-00000.npy``, raw little-endian tokens with no header (the name Dolma's
+  tokenizer writes), as OLMo's ``MemMapDataset`` reads it: ``np.memmap(path, dtype, mode="r")``;
+- ``npy``: ``<split>/tokens.npy`` (a NumPy array with its NPY header, for ``np.load``; not for
+  raw-memmap readers) and ``doc_ends.npy``.
 
-``hf``: ``data/<split>-NNNNN-of-MMMMM.parquet`` and a ``README.md`` dataset card whose YAML
-header names the splits, so ``datasets.load_dataset(folder)`` loads it with no argument.
+``hf``: ``data/<split>-NNNNN-of-MMMMM-<sha256 prefix>.parquet`` and a ``README.md`` dataset card.
+The card has no ``configs:`` block: ``datasets`` finds the splits from the file names and then
+keys its cache on the files' paths (which name their content) and modification times, so a load
+gives exactly this export's rows (with a ``configs:`` block it keys the cache on the folder's
+basename and the patterns only).
 
 Records stream from the runs' shards; selection (kinds, judge score, verified) and the
 validation split are decided per document from a hash of its id and the seed, so splits are
@@ -53,7 +62,7 @@ from textbook_gen.shards import (
 )
 from textbook_gen.shards import iter_records as read_file
 
-FORMATS = ("datatrove", "megatron", "llmc", "npy", "hf")
+FORMATS = ("datatrove", "megatron", "llmc", "olmo", "npy", "hf")
 BATCH = 1000
 EOS_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", "[SEP]")
 
@@ -114,6 +123,10 @@ def load_tokenizer(spec: str, eos: str | None = None) -> Tokenizer:
         raise ConfigError(f"--tokenizer {spec}: no end-of-text token among {', '.join(EOS_NAMES)};"
                           " name it with --eos TOKEN, or pass --no-eos")
 
+    # document text is text: a literal "</s>" or "<|endoftext|>" in it is encoded as the
+    # characters it is, as tiktoken's encode_ordinary does, never as the special token's id
+    tok.encode_special_tokens = True
+
     def encode(texts: list[str]) -> list[list[int]]:
         return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
@@ -132,7 +145,12 @@ def _tiktoken(spec: str, name: str, eos: str | None) -> Tokenizer:
         except Exception as e:  # noqa: BLE001 - tiktoken tries to download unknown encodings
             raise ConfigError(f"--tokenizer {spec}: encoding {name!r} is not available offline"
                               f" ({str(e)[:120]}); cl100k_base is bundled") from None
-    eos_id = enc.encode_single_token(eos) if eos else enc.eot_token
+    try:
+        eos_id = enc.encode_single_token(eos) if eos else enc.eot_token
+    except KeyError:
+        raise ConfigError(f"--eos {eos!r}: not a token of {spec} (its end-of-text token is"
+                          f" {enc.decode_single_token_bytes(enc.eot_token).decode()!r})"
+                          ) from None
     digest = hashlib.sha256()
     for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
         digest.update(token + rank.to_bytes(4, "little"))
@@ -252,11 +270,42 @@ class _Spool:
 # ----------------------------------------------------------------------------- writers
 
 
+def file_dtype(fmt: str, tok: Tokenizer) -> np.dtype:
+    """The dtype of the tokens in ``fmt``'s files: the one the writer writes and
+    ``export.json`` records."""
+    if fmt == "megatron" and tok.vocab_size >= 65500:
+        return np.dtype("<i4")  # megatron-core's DType.optimal_dtype: int32 past 65,500
+    return np.dtype(tok.dtype).newbyteorder("<")
+
+
+def layout(fmt: str, dtype: np.dtype) -> dict[str, Any]:
+    """What ``export.json`` says of the token files: how they are laid out and who reads them."""
+    raw = f"raw little-endian {dtype.name}, no header"
+    if fmt == "datatrove":
+        return {"tokens": raw, "read_by": "datatrove's DatatroveFolderDataset, nanotron"}
+    if fmt == "megatron":
+        return {"tokens": f"{raw} (.bin); MMIDIDX index (.idx)",
+                "read_by": "megatron-core's IndexedDataset (Megatron-LM, NeMo)"}
+    if fmt == "llmc" and dtype.itemsize == 2:
+        return {"tokens": "256 x int32 header (magic 20240520, version 1, token count), then"
+                f" {dtype.name}", "read_by": "llm.c's dataloader.h (train_gpt2.c, train_gpt2.cu)"
+                " and train_gpt2.py"}
+    if fmt == "llmc":
+        return {"tokens": "256 x int32 header (magic 20240801, version 7, token count), then"
+                f" {dtype.name} (llama-3 style: the vocabulary does not fit uint16)",
+                "read_by": "llm.c's train_llama3.py only; llm.c's dataloader.h (train_gpt2.c,"
+                " train_gpt2.cu) stops with 'Bad magic'"}
+    if fmt == "olmo":
+        return {"tokens": raw, "read_by": f"OLMo's MemMapDataset and olmo-core's numpy datasets"
+                f" with dtype {dtype.name}: np.memmap(path, dtype='{dtype.name}', mode='r')"}
+    return {"tokens": f"NumPy .npy array of {dtype.name} (with its NPY header)",
+            "read_by": "np.load(path, mmap_mode='r'); not raw-memmap readers (OLMo: --format"
+            " olmo)"}
+
+
 def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: Path,
                   tok: Tokenizer) -> tuple[list[Path], int]:
-    dtype = np.dtype(tok.dtype).newbyteorder("<")
-    if fmt == "megatron" and tok.vocab_size >= 65500:
-        dtype = np.dtype("<i4")  # megatron-core's DType.optimal_dtype: int32 past 65,500
+    dtype = file_dtype(fmt, tok)
     spooled = np.dtype(tok.dtype).newbyteorder("<")
     lengths = np.asarray(spool.lengths, dtype=np.int64)[order]
     offsets = np.asarray(spool.offsets, dtype=np.int64)[order]  # in bytes
@@ -311,6 +360,13 @@ def _write_tokens(fmt: str, spool: _Spool, order: np.ndarray, split: str, out: P
         with writing(path), open(path, "wb") as f:
             stream(f, header.tobytes())
         files.append(path)
+    elif fmt == "olmo":
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "part-00000.npy"
+        with writing(path), open(path, "wb") as f:
+            stream(f)
+        files.append(path)
     elif fmt == "npy":
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -346,7 +402,11 @@ def _write_hf(spool: _Spool, order: np.ndarray, split: str, out: Path,
             path = folder / f"{split}-{s:05d}-of-{shards:05d}.parquet"
             with writing(path):
                 pq.write_table(arrow_table(rows), path, compression="zstd")
-            files.append(path)
+            # the name carries the content's hash: datasets keys its cache on the file paths
+            # (and mtimes, whose resolution is the file system's), so a path is one content
+            named = path.with_name(f"{path.stem}-{sha256_file(path)[:16]}.parquet")
+            path.rename(named)
+            files.append(named)
     return files
 
 
@@ -517,6 +577,7 @@ def _build(runs: list[Path], builds: list[Any], work: Path, fmt: str, tok: Token
     for name, spool in spools.items():
         spool.close()
         if name == "validation" and not spool.offsets:
+            spool.path.unlink()
             continue
         order = spool.order(sel.seed, shuffle)
         if tok is None:
@@ -530,7 +591,7 @@ def _build(runs: list[Path], builds: list[Any], work: Path, fmt: str, tok: Token
                                    "sha256": sha256_file(f)} for f in files]}
     if not any(s["documents"] for s in splits.values()):
         raise InputError(f"nothing to export: no record of {', '.join(map(str, runs))} passes the"
-                         " selection (--kinds, --min-score, --verified-only)")
+                         " selection (--kind, --min-score, --verified-only)")
     manifest = {
         "tool": f"textbook-gen {__version__}",
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -543,7 +604,8 @@ def _build(runs: list[Path], builds: list[Any], work: Path, fmt: str, tok: Token
         "tokenizer": None if tok is None else {
             "spec": tok.spec, "name": tok.name, "sha256": tok.sha256,
             "vocab_size": tok.vocab_size, "eos_id": tok.eos_id if eos else None,
-            "dtype": np.dtype(tok.dtype).name},
+            "dtype": file_dtype(fmt, tok).name},
+        "token_files": None if tok is None else layout(fmt, file_dtype(fmt, tok)),
         "splits": splits,
     }
     if fmt == "hf":
