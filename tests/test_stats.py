@@ -128,7 +128,8 @@ def test_stats_on_a_pipe_keeps_columns_whole_and_json_has_the_same_figures(tmp_p
     js = _textbook_gen("stats", run, "--json")
     assert js.returncode == 0, js.stderr
     figures = json.loads(js.stdout)
-    [chapters] = figures["diversity"]
+    [chapters] = figures["diversity"]["kinds"]
+    assert "Shaib et al. 2024" in figures["diversity"]["names"]
     texts = [measures.model_text(r) for r in iter_records(run)]
     published = chapters["published"]
     assert published["compression_ratio"]["value"] == measures.compression_ratio(texts).ratio
@@ -165,6 +166,8 @@ def test_every_section_of_stats_and_report_on_a_run(min_tokens, fake_api, api_en
     figures = json.loads(_textbook_gen("stats", run, "--json").stdout)
     assert figures["usage"]["output_tokens"] > 0
     assert (figures["kept"] == 0) == (min_tokens > 20)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["diversity"] == figures["diversity"]  # named alike in the manifest
     assert _textbook_gen("report", run).returncode == 0
     page = (run / "report.html").read_text()
     assert all(section in page for section in SECTIONS)

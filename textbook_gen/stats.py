@@ -100,7 +100,7 @@ class CorpusStats:
             "rejected_by_reason": dict(self.reasons.most_common()),
             "exercises": dict(self.verified),
             "judge_scores": {str(k): v for k, v in sorted(self.judge_scores.items())},
-            "diversity": [kd.as_json() for kd in self.diversity],
+            "diversity": {"names": NAMES, "kinds": [kd.as_json() for kd in self.diversity]},
             "readability": {a: {"flesch_kincaid_grade": r.grade, "sample": r.sample}
                             for a, r in self.readability.items()},
             "usage": m.get("usage"),
@@ -117,6 +117,27 @@ class CorpusStats:
 
 TOKEN_BIN = 50
 EXAMPLES = 2
+NAMES = ("published: Shaib et al. 2024, 'Standardizing the measurement of text diversity', as"
+         " their diversity package (0.3.1) computes them (compression_ratio,"
+         " ngram_diversity_score, self_repetition_score; homogenization_rougel is its"
+         " homogenization_score with measure='rougel' on a seeded sample); ours: lower-cased"
+         " words, punctuation dropped, n-grams within documents (word_distinct_n, openings,"
+         " near_duplicates); see docs/measures.md")
+
+
+def manifest_diversity(root: Path, shards: Iterable[Any]) -> dict[str, Any]:
+    """The diversity figures of a build's kept shards (``ShardInfo``s, read before the
+    manifest lists them), per kind, for its manifest: what ``stats --json`` gives."""
+    import random
+
+    rng = random.Random(0)
+    by_kind: dict[str, measures.Reservoir[str]] = defaultdict(
+        lambda: measures.Reservoir(measures.SAMPLE, rng))
+    for shard in shards:
+        for r in iter_records(Path(root) / shard.name):
+            by_kind[str(r.get("kind") or "-")].add(measures.model_text(r))
+    return {"names": NAMES,
+            "kinds": [_diversity(k, res).as_json() for k, res in sorted(by_kind.items())]}
 
 
 def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0) -> CorpusStats:

@@ -568,10 +568,13 @@ def curate_corpus(inputs: Sequence[str | Path], out_dir: str | Path, settings: C
     else:
         result = curate(_with_ids(sources), settings, build, fmt=fmt,
                         shard_max_records=shard_max_records, progress=progress, workers=workers)
+    from textbook_gen.stats import manifest_diversity  # stats reads this module's reason_kind
+
     build.commit({
         "inputs": [str(p) for p in sources],
         "settings": settings.model_dump(mode="json"),
         "curation": result.to_manifest(),
+        "diversity": manifest_diversity(build.root, result.shards),
         "shards": [s.to_dict() for s in [*result.shards, *result.rejects]],
     })
     return result
