@@ -645,11 +645,25 @@ def batches(
 @app.command()
 def stats(
     run_dir: Annotated[Path, typer.Argument(help="Run or curate output directory.")],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the same figures as one JSON object (for scripts).")] = False,
 ) -> None:
-    """Summarise a corpus: coverage, rejections, quality, diversity, tokens and spend."""
+    """Summarise a corpus: coverage, rejections, quality, diversity, tokens and spend.
+
+    Diversity is given twice, named apart: the published figures of Shaib et al. 2024
+    (compression_ratio, ngram_diversity_score, self_repetition_score, homogenization_rougel,
+    as their diversity package computes them) and ours (openings, word distinct-n,
+    near-duplicates). See docs/measures.md."""
+    import json
+
     from textbook_gen.stats import corpus_stats, render
 
-    render(out, corpus_stats(run_dir), run_dir)
+    s = corpus_stats(run_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(s.as_json(), indent=2) + "\n")
+        return
+    # on a pipe or in a file the tables keep their natural width: no column cut to "compressi…"
+    render(out if out.is_terminal else Console(width=100_000, soft_wrap=True), s, run_dir)
 
 
 @app.command()

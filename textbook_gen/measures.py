@@ -7,15 +7,25 @@ seeded reservoir sample of at most ``sample`` texts, so memory stays bounded wha
 corpus size; openings count every text (a few words each). The live watch, ``stats`` and
 ``report`` call the same functions.
 
-Definitions follow Shaib et al. 2024, "Standardizing the measurement of text diversity":
-distinct-n is unique n-grams over all n-grams; the compression ratio is raw bytes over gzip
-bytes (higher: more repetitive); self-repetition is the mean over documents of
-log(1 + the number of other documents sharing each of its 4-grams).
+Two families, named apart (``docs/measures.md``):
+
+- the published figures of Shaib et al. 2024, "Standardizing the measurement of text
+  diversity", computed as their ``diversity`` package (0.3.1) computes them, so that a figure
+  can be set beside a paper's: ``compression_ratio`` (the texts joined with spaces, raw bytes
+  over the bytes of the package's gzip file), ``ngram_diversity_score`` (the texts joined with
+  spaces and split at each space, one sequence across the corpus; the sum over n = 1..4 of
+  unique n-grams over n-grams), ``self_repetition_score`` (whitespace tokens per document; the
+  mean over documents of log(1 + the occurrences of its distinct 4-grams in other documents))
+  and ``homogenization_rougel`` (the package's ``homogenization_score`` with ``rougel``: the
+  mean ROUGE-L F1 of every pair, here on a seeded sample of at most 50 texts);
+- ours, which read lower-cased words with punctuation dropped, counted within documents:
+  ``word_distinct_n`` (unique over all word n-grams, per n) and the openings.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import random
 import re
@@ -31,6 +41,8 @@ from textbook_gen.curate.filters import prose
 
 T = TypeVar("T")
 SAMPLE = 2_000  # texts held by the sampled measures
+GZIP_MTIME = 1_700_000_000  # the clock in compression_ratio's inner gzip header (2023-11-14)
+HOMOGENIZATION_SAMPLE = 50  # texts whose every pair is compared: 1,225 pairs
 READABILITY_SAMPLE = 300  # syllable counting is slow; a mean grade settles long before 2,000
 _WORD = re.compile(r"[\w'-]+")
 
@@ -106,36 +118,88 @@ def openings(texts: Iterable[str], words: int = 3, top: int = 10) -> Openings:
     return Openings(words, n, counts.most_common(top))
 
 
-# ----------------------------------------------------------------------------- n-gram diversity
+# ----------------------------------------------------------------------------- ours: word n-grams
 
 
 @dataclass(frozen=True)
-class DistinctN:
+class WordDistinct:
     sample: int
-    values: dict[int, float]  # n -> unique n-grams / n-grams
+    values: dict[int, float]  # n -> unique word n-grams / word n-grams (within documents)
 
 
-def distinct_n(texts: Iterable[str], ns: tuple[int, ...] = (1, 2, 3, 4),
-               sample: int = SAMPLE) -> DistinctN:
+def word_distinct_n(texts: Iterable[str], ns: tuple[int, ...] = (1, 2, 3, 4),
+                    sample: int = SAMPLE) -> WordDistinct:
+    """Unique n-grams over all n-grams of lower-cased words (punctuation dropped), n-grams
+    taken within each document: not the published distinct-n (see ``ngram_diversity_score``)."""
     docs = [word_hashes(t) for t in reservoir(texts, sample)]
     values = {}
     for n in ns:
         grams = [ngram_hashes(w, n) for w in docs if len(w) >= n]
         flat = np.concatenate(grams) if grams else np.zeros(0, np.uint64)
         values[n] = len(np.unique(flat)) / len(flat) if len(flat) else 0.0
-    return DistinctN(len(docs), values)
+    return WordDistinct(len(docs), values)
+
+
+# ----------------------------------------------------------------------------- published
 
 
 @dataclass(frozen=True)
 class Compression:
     sample: int
-    ratio: float  # raw bytes / gzip bytes of the sample, concatenated
+    ratio: float  # raw bytes / gzip file bytes of the sample joined with spaces
 
 
 def compression_ratio(texts: Iterable[str], sample: int = SAMPLE) -> Compression:
+    """The ``diversity`` package's ``compression_ratio`` (gzip): the package writes the gzip of
+    the joined texts into a gzip file named ``compressed.gz`` and divides by that file's size;
+    the same bytes are built here in memory. The inner gzip's header carries the clock, which
+    the outer gzip then compresses: the package's figure moves by a byte or so with the time
+    of day; here the clock is fixed (``GZIP_MTIME``), so the figure is reproducible and equal
+    to the package's at that time."""
     chosen = reservoir(texts, sample)
-    raw = "\n".join(chosen).encode("utf-8")
-    return Compression(len(chosen), len(raw) / len(gzip.compress(raw, 9, mtime=0)) if raw else 0.0)
+    raw = " ".join(chosen).encode("utf-8")
+    if not raw:
+        return Compression(len(chosen), 0.0)
+    buf = io.BytesIO()
+    with gzip.GzipFile("compressed.gz", "wb", fileobj=buf, mtime=0) as f:
+        f.write(gzip.compress(raw, mtime=GZIP_MTIME))
+    return Compression(len(chosen), len(raw) / len(buf.getvalue()))
+
+
+@dataclass(frozen=True)
+class NgramDiversity:
+    sample: int
+    num_n: int
+    score: float  # sum over n = 1..num_n of unique / all n-grams (0 to num_n)
+
+
+def _grams(ids: np.ndarray, n: int) -> np.ndarray:
+    """The n-grams of a sequence of token ids, each as one opaque (void) value: exact."""
+    if len(ids) < n:
+        return np.zeros(0, np.dtype((np.void, 4 * n)))
+    rows = np.ascontiguousarray(
+        np.stack([ids[i:len(ids) - n + 1 + i] for i in range(n)], axis=1), dtype=np.int32)
+    return rows.view(np.dtype((np.void, 4 * n))).ravel()
+
+
+class _Vocabulary(dict[str, int]):
+    def ids(self, tokens: list[str]) -> np.ndarray:
+        return np.fromiter((self.setdefault(t, len(self)) for t in tokens), np.int32,
+                           count=len(tokens))
+
+
+def ngram_diversity_score(texts: Iterable[str], num_n: int = 4,
+                          sample: int = SAMPLE) -> NgramDiversity:
+    """The ``diversity`` package's ``ngram_diversity_score``: the texts joined with spaces and
+    split at each space (one sequence: n-grams cross documents), summed over n = 1..num_n of
+    unique n-grams over n-grams."""
+    chosen = reservoir(texts, sample)
+    ids = _Vocabulary().ids(" ".join(chosen).split(" ")) if chosen else np.zeros(0, np.int32)
+    score = 0.0
+    for n in range(1, num_n + 1):
+        grams = _grams(ids, n)
+        score += len(np.unique(grams)) / len(grams) if len(grams) else 0.0
+    return NgramDiversity(len(chosen), num_n, score)
 
 
 @dataclass(frozen=True)
@@ -145,17 +209,69 @@ class SelfRepetition:
     score: float  # mean over documents of log(1 + n-grams' occurrences in other documents)
 
 
-def self_repetition(texts: Iterable[str], n: int = 4, sample: int = SAMPLE) -> SelfRepetition:
-    per_doc = [np.unique(ngram_hashes(w, n)) for t in reservoir(texts, sample)
-               if len(w := word_hashes(t)) >= n]
-    if not per_doc:
+def self_repetition_score(texts: Iterable[str], n: int = 4,
+                          sample: int = SAMPLE) -> SelfRepetition:
+    """The ``diversity`` package's ``self_repetition_score``: whitespace tokens per document;
+    for each document, log(1 + the number of other documents holding each of its distinct
+    n-grams, summed), averaged over every document (one without n-grams counts 0)."""
+    chosen = reservoir(texts, sample)
+    if not chosen:
         return SelfRepetition(0, n, 0.0)
+    vocab = _Vocabulary()
+    per_doc = [np.unique(_grams(vocab.ids(t.split()), n)) for t in chosen]
     grams, docs_with = np.unique(np.concatenate(per_doc), return_counts=True)
-    scores = []
+    total = 0.0
     for g in per_doc:
-        others = docs_with[np.searchsorted(grams, g)] - 1
-        scores.append(math.log1p(float(others.sum())))
-    return SelfRepetition(len(per_doc), n, float(np.mean(scores)))
+        if len(g):
+            total += math.log1p(float((docs_with[np.searchsorted(grams, g)] - 1).sum()))
+    return SelfRepetition(len(chosen), n, total / len(chosen))
+
+
+@dataclass(frozen=True)
+class Homogenization:
+    sample: int
+    pairs: int
+    score: float  # mean ROUGE-L F1 over every pair of sampled texts (0: nothing shared, 1: same)
+
+
+_ROUGE_DROP = re.compile(r"[^a-z0-9]+")
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """rouge_score's default tokens (no stemmer): lower case, runs of [a-z0-9]."""
+    return _ROUGE_DROP.sub(" ", text.lower()).split()
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence, bit-parallel (Hyyrö 2004): one pass over
+    ``b`` with ``len(a)``-bit integers, exact, about 100 times the speed of the table."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, tok in enumerate(a):
+        masks[tok] = masks.get(tok, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for tok in b:
+        u = v & masks.get(tok, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
+
+
+def homogenization_rougel(texts: Iterable[str],
+                          sample: int = HOMOGENIZATION_SAMPLE) -> Homogenization:
+    """The ``diversity`` package's ``homogenization_score(measure="rougel")`` (rouge_score's
+    ROUGE-L F1, no stemmer) of a seeded sample of at most ``sample`` texts: the mean over
+    every pair. F1 is symmetric, so each pair is scored once. (For a sample sharing no word
+    at all the package returns 1.0, its fallback for a zero sum; this gives 0.0.)"""
+    docs = [rouge_tokens(t) for t in reservoir(texts, sample)]
+    total, pairs = 0.0, 0
+    for i, a in enumerate(docs):
+        for b in docs[i + 1:]:
+            pairs += 1
+            if a and b:
+                total += 2 * lcs_length(a, b) / (len(a) + len(b))
+    return Homogenization(len(docs), pairs, total / pairs if pairs else 0.0)
 
 
 # ----------------------------------------------------------------------------- near-duplicates

@@ -3,7 +3,8 @@
 ``corpus_stats`` reads the manifest, then the kept records and the rejects once each; texts
 are held only in bounded reservoir samples per document kind and per audience (see
 ``measures``), so memory does not grow with the corpus. Works on any run or ``curate``
-output directory. ``textbook-gen stats`` draws it with rich.
+output directory, with or without kept records. ``textbook-gen stats`` draws it with rich,
+or prints ``as_json`` with ``--json``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from textbook_gen import measures
+from textbook_gen.curate.pipeline import reason_kind
 from textbook_gen.shards import iter_records, read_manifest
 
 
@@ -23,11 +25,43 @@ class KindDiversity:
     kind: str
     documents: int
     openings: measures.Openings
-    distinct: measures.DistinctN
-    compression: measures.Compression
+    distinct: measures.WordDistinct  # ours: word n-grams within documents
+    compression: measures.Compression  # published (Shaib et al. 2024), as below
+    ngram_diversity: measures.NgramDiversity
     self_repetition: measures.SelfRepetition
+    homogenization: measures.Homogenization
     near_duplicates: measures.NearDuplicates
     cluster_examples: list[list[str]] = field(default_factory=list)  # openings of members
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures by name: ``published`` as the ``diversity`` package defines them,
+        ``ours`` with our word split; each with the sample it read."""
+        o, nd = self.openings, self.near_duplicates
+        return {
+            "kind": self.kind, "documents": self.documents,
+            "published": {
+                "compression_ratio": {"value": self.compression.ratio,
+                                      "sample": self.compression.sample},
+                "ngram_diversity_score": {"value": self.ngram_diversity.score,
+                                          "num_n": self.ngram_diversity.num_n,
+                                          "sample": self.ngram_diversity.sample},
+                "self_repetition_score": {"value": self.self_repetition.score,
+                                          "n": self.self_repetition.n,
+                                          "sample": self.self_repetition.sample},
+                "homogenization_rougel": {"value": self.homogenization.score,
+                                          "pairs": self.homogenization.pairs,
+                                          "sample": self.homogenization.sample},
+            },
+            "ours": {
+                "word_distinct_n": {"values": {str(n): v for n, v in self.distinct.values.items()},
+                                    "sample": self.distinct.sample},
+                "openings": {"words": o.words, "sample": o.sample, "top_share": o.top_share,
+                             "top": [[text, n] for text, n in o.top]},
+                "near_duplicates": {"rate": nd.rate, "threshold": nd.threshold,
+                                    "sample": nd.sample,
+                                    "clusters": [len(c) for c in nd.clusters]},
+            },
+        }
 
 
 @dataclass
@@ -52,6 +86,26 @@ class CorpusStats:
             out[(str(row.get("place") or "-"), str(row.get("kind") or "-"))] += row["target"]
         return dict(out)
 
+    def as_json(self) -> dict[str, Any]:
+        """Every figure ``render`` prints, for scripts (``stats --json``)."""
+        m = self.manifest
+        targets = self.targets
+        return {
+            "kept": self.kept, "rejected": self.rejected,
+            "failed_jobs": (m.get("counts") or {}).get("failed", 0),
+            "coverage": [{"place": p, "kind": k, "kept": c["kept"], "rejected": c["rejected"],
+                          "target": targets.get((p, k))}
+                         for (p, k), c in sorted(self.coverage.items())],
+            "closed_loop": m.get("coverage"),
+            "rejected_by_reason": dict(self.reasons.most_common()),
+            "exercises": dict(self.verified),
+            "judge_scores": {str(k): v for k, v in sorted(self.judge_scores.items())},
+            "diversity": {"names": NAMES, "kinds": [kd.as_json() for kd in self.diversity]},
+            "readability": {a: {"flesch_kincaid_grade": r.grade, "sample": r.sample}
+                            for a, r in self.readability.items()},
+            "usage": m.get("usage"),
+        }
+
     @property
     def kept(self) -> int:
         return sum(c["kept"] for c in self.coverage.values())
@@ -63,6 +117,27 @@ class CorpusStats:
 
 TOKEN_BIN = 50
 EXAMPLES = 2
+NAMES = ("published: Shaib et al. 2024, 'Standardizing the measurement of text diversity', as"
+         " their diversity package (0.3.1) computes them (compression_ratio,"
+         " ngram_diversity_score, self_repetition_score; homogenization_rougel is its"
+         " homogenization_score with measure='rougel' on a seeded sample); ours: lower-cased"
+         " words, punctuation dropped, n-grams within documents (word_distinct_n, openings,"
+         " near_duplicates); see docs/measures.md")
+
+
+def manifest_diversity(root: Path, shards: Iterable[Any]) -> dict[str, Any]:
+    """The diversity figures of a build's kept shards (``ShardInfo``s, read before the
+    manifest lists them), per kind, for its manifest: what ``stats --json`` gives."""
+    import random
+
+    rng = random.Random(0)
+    by_kind: dict[str, measures.Reservoir[str]] = defaultdict(
+        lambda: measures.Reservoir(measures.SAMPLE, rng))
+    for shard in shards:
+        for r in iter_records(Path(root) / shard.name):
+            by_kind[str(r.get("kind") or "-")].add(measures.model_text(r))
+    return {"names": NAMES,
+            "kinds": [_diversity(k, res).as_json() for k, res in sorted(by_kind.items())]}
 
 
 def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0) -> CorpusStats:
@@ -102,7 +177,7 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
     for r in iter_records(run_dir, "rejects"):
         why = r.get("rejected") or {}
         coverage[(_place(r), str(r.get("kind") or "-"))]["rejected"] += 1
-        reason = f"{why.get('stage', '?')}: {str(why.get('reason', '?')).split(' (')[0]}"
+        reason = f"{why.get('stage', '?')}: {reason_kind(str(why.get('reason', '?')))}"
         reasons[reason] += 1
         if len(examples[reason]) < EXAMPLES:
             examples[reason].append({"id": r.get("id"), "text": str(r.get("text", ""))[:800],
@@ -124,8 +199,10 @@ def _diversity(kind: str, res: measures.Reservoir[str]) -> KindDiversity:
     nd, sampled = measures.near_duplicates(texts)
     examples = [[sampled[i][:300] for i in cluster[:3]] for cluster in nd.clusters]
     return KindDiversity(kind, res.seen, measures.openings(texts, words=3),
-                         measures.distinct_n(texts), measures.compression_ratio(texts),
-                         measures.self_repetition(texts), nd, examples)
+                         measures.word_distinct_n(texts), measures.compression_ratio(texts),
+                         measures.ngram_diversity_score(texts),
+                         measures.self_repetition_score(texts),
+                         measures.homogenization_rougel(texts), nd, examples)
 
 
 def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
@@ -181,20 +258,34 @@ def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
     for line in quality:
         console.print(line)
 
-    d = Table(title="diversity of kept documents, per kind (sample sizes in brackets)")
-    for col in ("kind", "most common opening", "distinct-1/2/3", "compression", "self-rep.",
-                "near-dups"):
-        d.add_column(col)
-    for kd in s.diversity:
-        top = kd.openings.top[0] if kd.openings.top else ("", 0)
-        dv = kd.distinct.values
-        d.add_row(f"{kd.kind} ({kd.documents:,})",
-                  f"{top[0]!r} {kd.openings.top_share:.0%} [{kd.openings.sample:,}]",
-                  f"{dv[1]:.2f}/{dv[2]:.2f}/{dv[3]:.2f} [{kd.distinct.sample:,}]",
-                  f"{kd.compression.ratio:.2f} [{kd.compression.sample:,}]",
-                  f"{kd.self_repetition.score:.2f}",
-                  f"{kd.near_duplicates.rate:.1%}")
-    console.print(d)
+    if s.diversity:
+        d = Table(title="diversity of kept documents, per kind: published figures (Shaib et"
+                  " al. 2024, the diversity package's definitions; sample sizes in brackets)")
+        for col in ("kind", "compression_ratio", "ngram_diversity_score (n<=4)",
+                    "self_repetition_score", "homogenization_rougel"):
+            d.add_column(col, justify="left" if col == "kind" else "right")
+        for kd in s.diversity:
+            h = kd.homogenization
+            d.add_row(f"{kd.kind} ({kd.documents:,})",
+                      f"{kd.compression.ratio:.3f} [{kd.compression.sample:,}]",
+                      f"{kd.ngram_diversity.score:.3f} [{kd.ngram_diversity.sample:,}]",
+                      f"{kd.self_repetition.score:.3f} [{kd.self_repetition.sample:,}]",
+                      f"{h.score:.3f} [{h.sample:,}]")
+        console.print(d)
+        ours = Table(title="diversity, our measures (lower-cased words, within documents:"
+                     " not the published distinct-n)")
+        for col in ("kind", "most common opening", "word distinct-1/2/3", "near-duplicates"):
+            ours.add_column(col)
+        for kd in s.diversity:
+            top = kd.openings.top[0] if kd.openings.top else ("", 0)
+            dv = kd.distinct.values
+            ours.add_row(f"{kd.kind} ({kd.documents:,})",
+                         f"{top[0]!r} {kd.openings.top_share:.0%} [{kd.openings.sample:,}]",
+                         f"{dv[1]:.2f}/{dv[2]:.2f}/{dv[3]:.2f} [{kd.distinct.sample:,}]",
+                         f"{kd.near_duplicates.rate:.1%} [{kd.near_duplicates.sample:,}]")
+        console.print(ours)
+    else:
+        console.print("diversity: no kept documents to measure")
     if s.readability:
         console.print("readability (Flesch-Kincaid grade) per audience: " + ", ".join(
             f"{a} {r.grade:.1f} [{r.sample}]" for a, r in s.readability.items()))
@@ -205,3 +296,5 @@ def render(console: Any, s: CorpusStats, run_dir: Path) -> None:
         console.print(f"tokens: {usage.get('input_tokens', 0):,} in, "
                       f"{usage.get('output_tokens', 0):,} out · spent "
                       + (f"${cost:.4f}" if cost is not None else "unknown"))
+    else:
+        console.print("spend: none recorded (a curate output pays for nothing)")

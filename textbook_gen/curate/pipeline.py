@@ -52,6 +52,12 @@ CHUNK = 512
 STAGES = ("filters", "verify", "judge", "select", "decontaminate", "dedup", "quota")
 
 
+def reason_kind(reason: str) -> str:
+    """What a rejection counts as: "too_short (12 < 50 tokens)" and "near_duplicate of d7"
+    count as too_short and near_duplicate (``stats`` and the manifest count alike)."""
+    return reason.split(" (")[0].split(" of ")[0]
+
+
 @dataclass(frozen=True)
 class LoopCuration:
     """What the closed loop (textbook_gen/loop.py) asks of curation: a quota of kept records
@@ -168,9 +174,7 @@ class _Curation:
     # -- rejection bookkeeping
     def _reject(self, record: Record, stage: str, reason: str, detail: str = "",
                 chosen: str | None = None) -> None:
-        # counted by kind: "too_short (12 < 50 tokens)" and "near_duplicate of d7" are one
-        # count each of too_short and near_duplicate
-        self.counts[stage].dropped[reason.split(" (")[0].split(" of ")[0]] += 1
+        self.counts[stage].dropped[reason_kind(reason)] += 1
         self.rejects.write({**record, "rejected": {"stage": stage, "reason": reason,
                                                    "detail": detail, "chosen": chosen}})
 
@@ -565,10 +569,13 @@ def curate_corpus(inputs: Sequence[str | Path], out_dir: str | Path, settings: C
     else:
         result = curate(_with_ids(sources), settings, build, fmt=fmt,
                         shard_max_records=shard_max_records, progress=progress, workers=workers)
+    from textbook_gen.stats import manifest_diversity  # stats reads this module's reason_kind
+
     build.commit({
         "inputs": [str(p) for p in sources],
         "settings": settings.model_dump(mode="json"),
         "curation": result.to_manifest(),
+        "diversity": manifest_diversity(build.root, result.shards),
         "shards": [s.to_dict() for s in [*result.shards, *result.rejects]],
     })
     return result
