@@ -95,8 +95,9 @@ def write_card(folder: Path, runs: list[Path], export: dict[str, Any]) -> None:
             for kd in stats.diversity:
                 top = kd.openings.top[0][0] if kd.openings.top else ""
                 body.append(f"- diversity of `{kd.kind}` ({kd.documents:,} documents):"
-                            f" distinct-4 {kd.distinct.values.get(4, 0):.3f}, most common opening"
-                            f" {top!r} in {kd.openings.top_share:.0%}, compression ratio"
-                            f" {kd.compression.ratio:.2f}")
+                            f" ngram_diversity_score {kd.ngram_diversity.score:.3f},"
+                            f" compression_ratio {kd.compression.ratio:.3f} (both as the"
+                            " `diversity` package of Shaib et al. defines them), most common"
+                            f" opening {top!r} in {kd.openings.top_share:.0%}")
     body += ["", "## Known limitations", "", LIMITATIONS]
     (folder / "README.md").write_text(f"---\n{head}---\n\n" + "\n".join(body), "utf-8")
