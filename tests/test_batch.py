@@ -77,25 +77,16 @@ def test_expired_batch_keeps_partial_results_and_resubmits_only_the_rest(
 def test_crash_between_submit_and_record_does_not_submit_twice(
     batch_api, api_env, write_spec, tmp_path, monkeypatch, provider
 ):
-    from textbook_gen import store as store_module
-
     path = write_spec(SMALL_SPEC if provider == "openai" else ANTHROPIC_SPEC)
     spec = _spec(path, batch_api, provider)
-    real = store_module.RunStore.update_batch
-
-    def crash(self, batch_id, *, status, remote_id=None, detail=None):
-        if status == "submitted" and remote_id:
-            raise KeyboardInterrupt("simulated crash right after the provider accepted it")
-        return real(self, batch_id, status=status, remote_id=remote_id, detail=detail)
-
-    monkeypatch.setattr(store_module.RunStore, "update_batch", crash)
+    restore = _crash_after_submit(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
     assert batch_api.batches_created == 1
-    monkeypatch.setattr(store_module.RunStore, "update_batch", real)
+    restore()
     result = run_curriculum(spec, out_dir=tmp_path / "b", batch=True, poll_interval=0.05)
     assert result.records == 6
-    assert batch_api.batches_created == 1  # found (metadata / time and size), not resubmitted
+    assert batch_api.batches_created == 1  # found (metadata / its tag), not resubmitted
 
 
 def test_batch_budget_is_committed_at_submission(batch_api, api_env, write_spec, tmp_path):

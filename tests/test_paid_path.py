@@ -259,13 +259,12 @@ def test_a_judge_whose_calls_all_fail_stops_the_run_with_the_providers_reason(
     assert len(judged) < 8 * 2
 
 
-def test_a_judge_call_that_failed_is_a_failed_job(api_env, write_spec, tmp_path):
-    from conftest import read_rejects
-    from fakeapi import FakeAPI
-
+def _judge_failing_on_its_first_document():
+    """A responder whose judge fails (HTTP 500) on the first document it is asked about, and
+    only on it; and the list that will hold that judge prompt."""
     failing: list[str] = []
 
-    def one_fails(body):  # the judge fails on the first document it is asked about, only
+    def responder(body):
         prompt = body["messages"][-1]["content"]
         if "Educational score" in prompt:
             failing[:] = failing or [prompt]
@@ -273,6 +272,15 @@ def test_a_judge_call_that_failed_is_a_failed_job(api_env, write_spec, tmp_path)
                 raise RuntimeError("judge model overloaded")
             return "Clear and correct. Educational score: 4"
         return None
+
+    return failing, responder
+
+
+def test_a_judge_call_that_failed_is_a_failed_job(api_env, write_spec, tmp_path):
+    from conftest import read_rejects
+    from fakeapi import FakeAPI
+
+    failing, one_fails = _judge_failing_on_its_first_document()
 
     with FakeAPI(responder=one_fails) as api:
         result = _run(write_spec(JUDGED.replace("min_tokens: 1", "min_tokens: 1\n  dedup: {near: false}")),
@@ -297,16 +305,7 @@ def test_a_failed_judge_request_is_not_sent_again_by_later_rounds_of_the_loop(
         api_env, write_spec, tmp_path):
     from fakeapi import FakeAPI
 
-    failing: list[str] = []
-
-    def one_fails(body):
-        prompt = body["messages"][-1]["content"]
-        if "Educational score" in prompt:
-            failing[:] = failing or [prompt]
-            if prompt == failing[0]:
-                raise RuntimeError("judge model overloaded")
-            return "Clear and correct. Educational score: 4"
-        return None
+    failing, one_fails = _judge_failing_on_its_first_document()
 
     looped = JUDGED.replace("per: [topic, audience]}",
                             "per: [topic, audience], target_kept: 1, max_samples: 3}")
