@@ -31,7 +31,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -316,3 +316,76 @@ def readability(texts: Iterable[str], sample: int = READABILITY_SAMPLE) -> Reada
     grades = [float(textstat.flesch_kincaid_grade(p))
               for t in reservoir(texts, sample) if len((p := prose(t)).split()) >= 10]
     return Readability(len(grades), float(np.mean(grades)) if grades else 0.0)
+
+
+# ----------------------------------------------------------------------------- per kind
+# What ``stats``, the report and the manifest give for each document kind.
+
+@dataclass
+class KindDiversity:
+    kind: str
+    documents: int
+    openings: Openings
+    distinct: WordDistinct  # ours: word n-grams within documents
+    compression: Compression  # published (Shaib et al. 2024), as below
+    ngram_diversity: NgramDiversity
+    self_repetition: SelfRepetition
+    homogenization: Homogenization
+    near_duplicates: NearDuplicates
+    cluster_examples: list[list[str]] = field(default_factory=list)  # openings of members
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures by name: ``published`` as the ``diversity`` package defines them,
+        ``ours`` with our word split; each with the sample it read."""
+        o, nd = self.openings, self.near_duplicates
+        return {
+            "kind": self.kind, "documents": self.documents,
+            "published": {
+                "compression_ratio": {"value": self.compression.ratio,
+                                      "sample": self.compression.sample},
+                "ngram_diversity_score": {"value": self.ngram_diversity.score,
+                                          "num_n": self.ngram_diversity.num_n,
+                                          "sample": self.ngram_diversity.sample},
+                "self_repetition_score": {"value": self.self_repetition.score,
+                                          "n": self.self_repetition.n,
+                                          "sample": self.self_repetition.sample},
+                "homogenization_rougel": {"value": self.homogenization.score,
+                                          "pairs": self.homogenization.pairs,
+                                          "sample": self.homogenization.sample},
+            },
+            "ours": {
+                "word_distinct_n": {"values": {str(n): v for n, v in self.distinct.values.items()},
+                                    "sample": self.distinct.sample},
+                "openings": {"words": o.words, "sample": o.sample, "top_share": o.top_share,
+                             "top": [[text, n] for text, n in o.top]},
+                "near_duplicates": {"rate": nd.rate, "threshold": nd.threshold,
+                                    "sample": nd.sample,
+                                    "clusters": [len(c) for c in nd.clusters]},
+            },
+        }
+
+
+DIVERSITY_NAMES = ("published: Shaib et al. 2024, 'Standardizing the measurement of text diversity', as"
+         " their diversity package (0.3.1) computes them (compression_ratio,"
+         " ngram_diversity_score, self_repetition_score; homogenization_rougel is its"
+         " homogenization_score with measure='rougel' on a seeded sample); ours: lower-cased"
+         " words, punctuation dropped, n-grams within documents (word_distinct_n, openings,"
+         " near_duplicates); see docs/measures.md")
+
+
+def kind_diversity(kind: str, res: Reservoir[str]) -> KindDiversity:
+    """Every diversity figure of one kind's sampled texts (``res``: their reservoir)."""
+    texts: Iterable[str] = res.items
+    nd, sampled = near_duplicates(texts)
+    examples = [[sampled[i][:300] for i in cluster[:3]] for cluster in nd.clusters]
+    return KindDiversity(kind, res.seen, openings(texts, words=3),
+                         word_distinct_n(texts), compression_ratio(texts),
+                         ngram_diversity_score(texts),
+                         self_repetition_score(texts),
+                         homogenization_rougel(texts), nd, examples)
+
+
+def diversity_json(by_kind: dict[str, Reservoir[str]]) -> dict[str, Any]:
+    """The figures of every kind, named (``DIVERSITY_NAMES``): what ``stats --json`` gives."""
+    return {"names": DIVERSITY_NAMES,
+            "kinds": [kind_diversity(k, res).as_json() for k, res in sorted(by_kind.items())]}

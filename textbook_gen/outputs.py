@@ -15,13 +15,12 @@ from typing import Any
 
 from textbook_gen import __version__
 from textbook_gen.curate.judge import make_judge
-from textbook_gen.curate.pipeline import CurationResult, LoopCuration, curate
+from textbook_gen.curate.pipeline import CurationResult, LoopCuration, curate, kept_diversity
 from textbook_gen.ledger import Ledger
 from textbook_gen.progress import Progress
 from textbook_gen.prompts import PromptRenderer
 from textbook_gen.shards import Build
 from textbook_gen.spec import Curriculum
-from textbook_gen.stats import manifest_diversity
 from textbook_gen.store import RunStore
 
 
@@ -73,7 +72,7 @@ def commit_outputs(spec: Curriculum, renderer: PromptRenderer, store: RunStore, 
                   "output_tokens": totals["output_tokens"], "cost_usd": totals["cost_usd"]},
         "this_run": ledger.to_manifest(),
         "curation": result.to_manifest(),
-        "diversity": manifest_diversity(build.root, result.shards),
+        "diversity": kept_diversity(build.root, result.shards),
         "shards": [s.to_dict() for s in [*result.shards, *result.rejects]],
     }
     if coverage is not None:

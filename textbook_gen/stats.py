@@ -10,7 +10,6 @@ or prints ``as_json`` with ``--json``.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,57 +20,13 @@ from textbook_gen.shards import iter_records, read_manifest
 
 
 @dataclass
-class KindDiversity:
-    kind: str
-    documents: int
-    openings: measures.Openings
-    distinct: measures.WordDistinct  # ours: word n-grams within documents
-    compression: measures.Compression  # published (Shaib et al. 2024), as below
-    ngram_diversity: measures.NgramDiversity
-    self_repetition: measures.SelfRepetition
-    homogenization: measures.Homogenization
-    near_duplicates: measures.NearDuplicates
-    cluster_examples: list[list[str]] = field(default_factory=list)  # openings of members
-
-    def as_json(self) -> dict[str, Any]:
-        """The figures by name: ``published`` as the ``diversity`` package defines them,
-        ``ours`` with our word split; each with the sample it read."""
-        o, nd = self.openings, self.near_duplicates
-        return {
-            "kind": self.kind, "documents": self.documents,
-            "published": {
-                "compression_ratio": {"value": self.compression.ratio,
-                                      "sample": self.compression.sample},
-                "ngram_diversity_score": {"value": self.ngram_diversity.score,
-                                          "num_n": self.ngram_diversity.num_n,
-                                          "sample": self.ngram_diversity.sample},
-                "self_repetition_score": {"value": self.self_repetition.score,
-                                          "n": self.self_repetition.n,
-                                          "sample": self.self_repetition.sample},
-                "homogenization_rougel": {"value": self.homogenization.score,
-                                          "pairs": self.homogenization.pairs,
-                                          "sample": self.homogenization.sample},
-            },
-            "ours": {
-                "word_distinct_n": {"values": {str(n): v for n, v in self.distinct.values.items()},
-                                    "sample": self.distinct.sample},
-                "openings": {"words": o.words, "sample": o.sample, "top_share": o.top_share,
-                             "top": [[text, n] for text, n in o.top]},
-                "near_duplicates": {"rate": nd.rate, "threshold": nd.threshold,
-                                    "sample": nd.sample,
-                                    "clusters": [len(c) for c in nd.clusters]},
-            },
-        }
-
-
-@dataclass
 class CorpusStats:
     manifest: dict[str, Any]
     coverage: dict[tuple[str, str], Counter[str]]  # (place, kind) -> kept / rejected counts
     reasons: Counter[str]  # "stage: reason" -> count
     verified: Counter[str]  # exercises documents: verified / failed / unchecked
     judge_scores: Counter[int]
-    diversity: list[KindDiversity]
+    diversity: list[measures.KindDiversity]
     readability: dict[str, measures.Readability]  # per audience
     # for the report: bounded by construction
     judge_by_kind: dict[str, Counter[int]] = field(default_factory=dict)
@@ -100,7 +55,8 @@ class CorpusStats:
             "rejected_by_reason": dict(self.reasons.most_common()),
             "exercises": dict(self.verified),
             "judge_scores": {str(k): v for k, v in sorted(self.judge_scores.items())},
-            "diversity": {"names": NAMES, "kinds": [kd.as_json() for kd in self.diversity]},
+            "diversity": {"names": measures.DIVERSITY_NAMES,
+                          "kinds": [kd.as_json() for kd in self.diversity]},
             "readability": {a: {"flesch_kincaid_grade": r.grade, "sample": r.sample}
                             for a, r in self.readability.items()},
             "usage": m.get("usage"),
@@ -117,29 +73,6 @@ class CorpusStats:
 
 TOKEN_BIN = 50
 EXAMPLES = 2
-NAMES = ("published: Shaib et al. 2024, 'Standardizing the measurement of text diversity', as"
-         " their diversity package (0.3.1) computes them (compression_ratio,"
-         " ngram_diversity_score, self_repetition_score; homogenization_rougel is its"
-         " homogenization_score with measure='rougel' on a seeded sample); ours: lower-cased"
-         " words, punctuation dropped, n-grams within documents (word_distinct_n, openings,"
-         " near_duplicates); see docs/measures.md")
-
-
-def manifest_diversity(root: Path, shards: Iterable[Any]) -> dict[str, Any]:
-    """The diversity figures of a build's kept shards (``ShardInfo``s, read before the
-    manifest lists them), per kind, for its manifest: what ``stats --json`` gives."""
-    import random
-
-    rng = random.Random(0)
-    by_kind: dict[str, measures.Reservoir[str]] = defaultdict(
-        lambda: measures.Reservoir(measures.SAMPLE, rng))
-    for shard in shards:
-        for r in iter_records(Path(root) / shard.name):
-            by_kind[str(r.get("kind") or "-")].add(measures.model_text(r))
-    return {"names": NAMES,
-            "kinds": [_diversity(k, res).as_json() for k, res in sorted(by_kind.items())]}
-
-
 def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0) -> CorpusStats:
     import random
 
@@ -183,7 +116,7 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
             examples[reason].append({"id": r.get("id"), "text": str(r.get("text", ""))[:800],
                                      "detail": str(why.get("reason", "")) + "\n"
                                      + str(why.get("detail", ""))[:400]})
-    diversity = [_diversity(kind, res) for kind, res in sorted(by_kind.items())]
+    diversity = [measures.kind_diversity(kind, res) for kind, res in sorted(by_kind.items())]
     readability = {a: measures.readability(res.items, min(sample, measures.READABILITY_SAMPLE))
                    for a, res in sorted(by_audience.items())}
     return CorpusStats(manifest, dict(coverage), reasons, verified, scores, diversity,
@@ -192,17 +125,6 @@ def corpus_stats(run_dir: Path, *, sample: int = measures.SAMPLE, seed: int = 0)
 
 def _place(r: dict[str, Any]) -> str:
     return str(r.get("topic") or r.get("subject") or "-")
-
-
-def _diversity(kind: str, res: measures.Reservoir[str]) -> KindDiversity:
-    texts: Iterable[str] = res.items
-    nd, sampled = measures.near_duplicates(texts)
-    examples = [[sampled[i][:300] for i in cluster[:3]] for cluster in nd.clusters]
-    return KindDiversity(kind, res.seen, measures.openings(texts, words=3),
-                         measures.word_distinct_n(texts), measures.compression_ratio(texts),
-                         measures.ngram_diversity_score(texts),
-                         measures.self_repetition_score(texts),
-                         measures.homogenization_rougel(texts), nd, examples)
 
 
 def render(console: Any, s: CorpusStats, run_dir: Path) -> None:

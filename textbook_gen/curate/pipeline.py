@@ -15,7 +15,7 @@ from __future__ import annotations
 import pickle
 import re
 import struct
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,22 @@ Judge = Callable[[list[Record]], Mapping[str, "JudgeScore | float | None"]]
 Progress = Callable[[str, int, int], None]
 CHUNK = 512
 STAGES = ("filters", "verify", "judge", "select", "decontaminate", "dedup", "quota")
+
+
+def kept_diversity(root: Path, shards: Iterable[ShardInfo]) -> dict[str, Any]:
+    """The diversity figures of a build's kept shards (read before the manifest lists them),
+    per kind, for its manifest: what ``stats --json`` gives."""
+    import random
+
+    from textbook_gen import measures
+
+    rng = random.Random(0)
+    by_kind: dict[str, measures.Reservoir[str]] = defaultdict(
+        lambda: measures.Reservoir(measures.SAMPLE, rng))
+    for shard in shards:
+        for r in iter_records(Path(root) / shard.name):
+            by_kind[str(r.get("kind") or "-")].add(measures.model_text(r))
+    return measures.diversity_json(by_kind)
 
 
 def reason_kind(reason: str) -> str:
@@ -569,13 +585,11 @@ def curate_corpus(inputs: Sequence[str | Path], out_dir: str | Path, settings: C
     else:
         result = curate(_with_ids(sources), settings, build, fmt=fmt,
                         shard_max_records=shard_max_records, progress=progress, workers=workers)
-    from textbook_gen.stats import manifest_diversity  # stats reads this module's reason_kind
-
     build.commit({
         "inputs": [str(p) for p in sources],
         "settings": settings.model_dump(mode="json"),
         "curation": result.to_manifest(),
-        "diversity": manifest_diversity(build.root, result.shards),
+        "diversity": kept_diversity(build.root, result.shards),
         "shards": [s.to_dict() for s in [*result.shards, *result.rejects]],
     })
     return result
