@@ -120,26 +120,27 @@ def read_llmc(path: Path, eos: int) -> list[tuple[int, ...]]:
     assert (header[0], header[1]) in ((20240520, 1), (20240801, 7))
     tokens = np.frombuffer(raw[1024:], "<u2" if header[1] == 1 else "<u4")
     assert len(tokens) == header[2]
-    docs, cur = [], []
+    return _documents(tokens, eos)[0]
+
+
+def _documents(tokens: np.ndarray, eos: int) -> tuple[list[tuple[int, ...]], list[int]]:
+    """A token stream cut into documents, each ending at the EOS id; and what follows the
+    last one."""
+    docs: list[tuple[int, ...]] = []
+    cur: list[int] = []
     for t in tokens.tolist():
         cur.append(t)
         if t == eos:
             docs.append(tuple(cur))
             cur = []
-    return docs
+    return docs, cur
 
 
 def read_olmo(path: Path, dtype: str, eos: int) -> list[tuple[int, ...]]:
     """OLMo's MemMapDataset: the file is raw tokens of the configured dtype, memory-mapped as
     it is (``np.memmap(path, dtype=dtype, mode="r")``), documents ending at the EOS id."""
-    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    docs, cur = [], []
-    for t in tokens.tolist():
-        cur.append(t)
-        if t == eos:
-            docs.append(tuple(cur))
-            cur = []
-    assert not cur  # every chunk starts on a document: nothing shifted
+    docs, rest = _documents(np.memmap(path, dtype=np.dtype(dtype), mode="r"), eos)
+    assert not rest  # every chunk starts on a document: nothing shifted
     return docs
 
 
