@@ -138,9 +138,9 @@ def plan(
     """Show what a run would send and cost, before anything is spent."""
     _at_least("--limit", limit, 1)
     _at_least("--show", show, 0)
+    from textbook_gen.ledger import money
     from textbook_gen.run import Overrides, apply_overrides
     from textbook_gen.run import plan as make_plan
-    from textbook_gen.ui import money
 
     s = apply_overrides(_load(spec, to_grow=True), Overrides(provider=provider, model=model))
     p = make_plan(s, limit=limit, show=show, out_dir=out_dir)
@@ -365,8 +365,9 @@ def run(
 
     check_ray_options(batch, ray)
     _at_least("--poll-interval", poll_interval, 0)
+    from textbook_gen.ledger import money
     from textbook_gen.run import Overrides, apply_overrides, run_curriculum
-    from textbook_gen.ui import make_progress, money
+    from textbook_gen.ui import make_progress
 
     s = apply_overrides(_load(spec), Overrides(
         provider=provider, model=model, base_url=base_url or [], concurrency=concurrency,
@@ -463,7 +464,7 @@ def _summary(result: Any, money: Any) -> None:
     d = escape(str(result.out_dir))
     spend = money(ledger.run_usd if ledger.cost_known else None)
     if ledger.max_cost_usd is not None:  # the cap is the directory's, over every invocation
-        spend += (f" this run; ${ledger.spent_usd:,.4f} of the ${ledger.max_cost_usd:,.4f}"
+        spend += (f" this run; {money(ledger.spent_usd)} of the {money(ledger.max_cost_usd)}"
                   " cap spent in this directory")
     else:
         spend += " this run"

@@ -55,8 +55,9 @@ class Reservation:
 
 
 def money(usd: float | None) -> str:
-    """Dollars for people; unknown (a model with no price) stays unknown."""
-    return "unknown" if usd is None else f"${usd:.4f}"
+    """Dollars for people; unknown (a model with no price) stays unknown, never $0."""
+    return ("unknown (no price for this model; add one under prices:)" if usd is None
+            else f"${usd:,.4f}")
 
 
 @dataclass

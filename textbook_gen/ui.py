@@ -149,9 +149,3 @@ def describe(s: GenerationStats) -> str:
     if s.in_flight:
         parts.append(f"{s.in_flight} in flight")
     return " · ".join(parts)
-
-
-def money(value: float | None) -> str:
-    return "unknown (no price for this model; add one under prices:)" if value is None else (
-        f"${value:,.4f}")
-
