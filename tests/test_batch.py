@@ -245,3 +245,30 @@ def test_a_request_no_batch_processed_releases_its_hold(batch_api, api_env, writ
     assert {f[1] for f in result.failed} == {"batch_expired"} and len(result.failed) == 6
     assert result.ledger.reserved_usd == pytest.approx(0.0)
     assert result.ledger.reserved_tokens == 0
+
+
+def test_a_batch_request_that_errored_unbilled_leaves_the_cost_known(tmp_path):
+    """A request the provider rejected inside a batch (billed nothing) is a failure that
+    cost $0, not one of unknown cost: the run's spend stays known."""
+    import asyncio
+
+    from textbook_gen.batch import BatchRunner
+    from textbook_gen.errors import ProviderError
+    from textbook_gen.providers import Request
+    from textbook_gen.tokens import PRICES
+
+    req = Request.build("openai", "gpt-4o-mini", [("user", "hi")], {"max_tokens": 5})
+
+    class Rejecting:  # the backend's results: one row, errored, no usage
+        max_requests = 100
+
+        async def results(self, remote_id):
+            yield req.key, ProviderError("invalid request", kind="batch_errored")
+
+    with RunStore(tmp_path / "run.sqlite") as store:
+        runner = BatchRunner(Rejecting(), store, PRICES["gpt-4o-mini"])
+        asyncio.run(runner._collect({"id": "tbg-1", "remote_id": "b1", "keys": [req.key]},
+                                    {req.key: req}))
+        store.commit()
+        assert store.get_response(req.key).cost == 0.0
+        assert store.totals()["cost_usd"] == 0.0

@@ -436,7 +436,7 @@ class BatchRunner:
                 if cost is None:
                     self._release(custom_id)
                 self.store.put_failure(req, kind=outcome.kind, error=str(outcome), attempts=1,
-                                       cost_usd=cost if self.price is not None else None,
+                                       cost_usd=(cost or 0.0) if self.price is not None else None,
                                        usage=outcome.usage or (0, 0))
                 self.stats.cost_usd += cost or 0.0
                 self.stats.failed += 1
