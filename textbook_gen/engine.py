@@ -106,6 +106,7 @@ class Engine:
         """An error that is not one job's own: stop the run and raise it at the end."""
         self._error = self._error or error
         self.request_stop("fatal")
+        self._wake.set()  # jobs sleeping out a backoff end now
 
     # -- running
     async def run(self, items: Iterable[WorkItem], total: int) -> GenerationStats:
@@ -117,7 +118,9 @@ class Engine:
         try:
             results = await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, self._flush)
+            flushed = await asyncio.get_running_loop().run_in_executor(None, self._flush)
+            if flushed is not None:
+                self._fail(flushed)
         for r in results:
             if isinstance(r, Exception):  # a worker ended other than by its own handling
                 self._fail(r)
@@ -125,11 +128,13 @@ class Engine:
             raise self._error
         return self.stats
 
-    def _flush(self) -> None:
+    def _flush(self) -> Exception | None:
+        """Commit what is queued (in a thread: it waits on the disk); the error, if any."""
         try:
             self.store.commit()
         except Exception as e:  # noqa: BLE001 - raised by run() as the run's error
-            self._fail(e)
+            return e
+        return None
 
     async def _worker(self, source: Iterator[WorkItem]) -> None:
         while not self._stopping:
@@ -298,7 +303,6 @@ class Engine:
                 f" over {span:.0f} s with no answer (last: {e}). Nothing was lost; check that"
                 " the server is up and the URL (--base-url, model.base_url) is right, then run"
                 " the same command again to continue", kind="unreachable"))
-            self._wake.set()
 
     def _note_failure(self, error: ProviderError) -> None:
         """``give_up_after``: a stage whose first jobs all fail is stopped, naming why."""
@@ -307,7 +311,6 @@ class Engine:
             self._fail(FatalProviderError(
                 f"the {self.stage} stage's first {self.stats.failed} requests all failed and"
                 f" none succeeded; the provider said: {error}", kind=f"{self.stage}_failing"))
-            self._wake.set()
 
     def _check_model(self, req: Request, resp: Response) -> None:
         """A server that answers as another model than the one asked is priced as the one

@@ -106,6 +106,11 @@ IDENTITIES = ("names64", "names", "positions")
 NEW_IDENTITY = "names64"
 
 
+def seed_bits(identity: str) -> int:
+    """How many bits a store of this identity's job seeds have."""
+    return 63 if identity == "names64" else 32
+
+
 def expand(spec: Curriculum, identity: str = NEW_IDENTITY) -> Iterator[Job]:
     """Yield every job, documents entry by entry, in a stable order."""
     if identity not in IDENTITIES:
@@ -263,7 +268,7 @@ def _job_name(spec: Curriculum, place: str, doc: DocumentSpec, ai: int | None,
                   f"p{pi}" if pi is not None else "", f"n{n}"]
         job_id = f"{spec.name}/{place}/{doc.kind}/" + "-".join(c for c in coords if c)
         return job_id, job_seed(spec.seed, job_id), job_id.rsplit("n", 1)[0].rstrip("-")
-    bits = 63 if identity == "names64" else 32
+    bits = seed_bits(identity)
     # kind first: within one kind every id has the same shape, so no two can collide
     parts = [doc.kind, place]
     parts += [slugify(x) for x in (audience, style, persona) if x is not None]
@@ -317,5 +322,5 @@ def _make_job(
         cell=cell,
         sample_id=job_id,
         sample_seed=seed,
-        seed_bits=63 if identity == "names64" else 32,
+        seed_bits=seed_bits(identity),
     )
